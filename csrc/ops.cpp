@@ -1,0 +1,47 @@
+// Every op's schema, in one place. Kernels are registered per backend in csrc/cpu and csrc/cuda;
+// the Python side (lowlight_fast/ops) adds fake (meta) implementations and autograd.
+#include <torch/extension.h>
+
+#include <string>
+
+#ifndef LOWLIGHT_FAST_VERSION
+#define LOWLIGHT_FAST_VERSION "unknown"
+#endif
+
+TORCH_LIBRARY(lowlight_fast, m) {
+  // --- le_curve (Zero-DCE / Zero-DCE++ light-enhancement curve) ---
+  // --- smooth_loss (SCI 24-direction edge-aware smoothness) ---
+  // --- tv_loss and pooled spatial / exposure / colour losses (Zero-DCE) ---
+}
+
+namespace {
+
+pybind11::dict build_info() {
+  pybind11::dict info;
+  info["version"] = LOWLIGHT_FAST_VERSION;
+  info["torch_version"] = TORCH_VERSION;
+  info["cpu"] = true;
+#ifdef LOWLIGHT_FAST_WITH_CUDA
+  info["cuda"] = true;
+#else
+  info["cuda"] = false;
+#endif
+#ifdef _OPENMP
+  info["openmp"] = true;
+#else
+  info["openmp"] = false;
+#endif
+#ifdef LOWLIGHT_FAST_CUDA_ARCHS
+  info["cuda_archs"] = LOWLIGHT_FAST_CUDA_ARCHS;
+#else
+  info["cuda_archs"] = "";
+#endif
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "lowlight_fast compiled kernels; ops live in torch.ops.lowlight_fast";
+  m.def("build_info", &build_info, "Which backends this build of lowlight_fast._C contains");
+}

@@ -1,0 +1,104 @@
+"""The one switch that chooses how an op runs.
+
+``LOWLIGHT_FAST_BACKEND`` = ``auto`` (default) | ``reference`` | ``cpp`` | ``triton``, or
+:func:`use_backend` in code (it wins over the environment while active).
+
+- ``auto``: CUDA tensors use the Triton kernels where the op has them (else the CUDA C++ kernels);
+  CPU tensors use the C++ kernels. Falls back to ``reference`` when the extension is not built.
+- ``reference``: the pure-PyTorch code in :mod:`lowlight_fast.reference` (what the fused ops are
+  tested against).
+- ``cpp``: the compiled kernels of ``lowlight_fast._C`` (CPU, and CUDA where built).
+- ``triton``: the Triton kernels; on CPU tensors only under ``TRITON_INTERPRET=1`` (how CI tests them).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from typing import Iterator
+
+import torch
+
+from lowlight_fast import _ext
+
+ENV_VAR = "LOWLIGHT_FAST_BACKEND"
+CHOICES = ("auto", "reference", "cpp", "triton")
+_override: list[str] = []
+
+
+def _check(name: str) -> str:
+    name = name.strip().lower()
+    if name not in CHOICES:
+        raise ValueError(f"{ENV_VAR} / use_backend: expected one of {', '.join(CHOICES)}, got {name!r}")
+    return name
+
+
+def requested() -> str:
+    """The backend asked for: the innermost :func:`use_backend`, else the environment, else ``auto``."""
+    if _override:
+        return _override[-1]
+    return _check(os.environ.get(ENV_VAR, "auto"))
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run the enclosed code with the given backend (``auto``, ``reference``, ``cpp`` or ``triton``)."""
+    _override.append(_check(name))
+    try:
+        yield
+    finally:
+        _override.pop()
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    """Triton importable (GPU builds, or TRITON_INTERPRET=1 for CPU tensors)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def triton_runs_on(device: torch.device) -> bool:
+    if not triton_available():
+        return False
+    if device.type == "cuda":
+        return True
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def select(op: str, device: torch.device, *, has_triton: bool) -> str:
+    """Which implementation runs ``op`` on ``device``: ``reference``, ``cpp`` or ``triton``.
+
+    ``has_triton`` says whether the op has Triton kernels. Raises when an explicit request
+    cannot be met, so that a benchmark or test never silently measures the wrong code.
+    """
+    want = requested()
+    if want == "reference":
+        return "reference"
+    if want == "triton":
+        if not has_triton:
+            raise RuntimeError(f"{op}: no Triton implementation exists; use auto, cpp or reference")
+        if not triton_runs_on(device):
+            raise RuntimeError(
+                f"{op}: Triton cannot run on {device.type} tensors here "
+                "(install triton; for CPU tensors set TRITON_INTERPRET=1 before importing triton)"
+            )
+        return "triton"
+    cpp_ok = _ext.has_op(op) and (device.type == "cpu" or (device.type == "cuda" and _ext.build_info()["cuda"]))
+    if want == "cpp":
+        if not cpp_ok:
+            raise RuntimeError(
+                f"{op}: compiled kernel not available for {device.type} tensors "
+                f"(extension loaded: {_ext.available()}); {_ext.BUILD_HINT}"
+            )
+        return "cpp"
+    # auto
+    if device.type == "cuda" and has_triton and triton_runs_on(device):
+        return "triton"
+    if cpp_ok:
+        return "cpp"
+    if device.type == "cpu":
+        _ext.warn_if_missing()
+    return "reference"

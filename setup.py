@@ -1,0 +1,66 @@
+"""Builds lowlight_fast._C: the C++ CPU kernels always, the CUDA kernels when possible.
+
+LOWLIGHT_FAST_CUDA=auto (default): CUDA kernels when torch is a CUDA build and a CUDA toolkit is found.
+LOWLIGHT_FAST_CUDA=1 forces them (error if impossible); LOWLIGHT_FAST_CUDA=0 skips them.
+Build without isolation so the extension is compiled against the torch already installed:
+    pip install --no-build-isolation -e .
+"""
+import glob
+import os
+
+from setuptools import setup
+from torch.utils import cpp_extension as ce
+import torch
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _want_cuda() -> bool:
+    flag = os.environ.get("LOWLIGHT_FAST_CUDA", "auto").strip().lower()
+    possible = torch.version.cuda is not None and ce.CUDA_HOME is not None
+    if flag in ("0", "off", "no", "false"):
+        return False
+    if flag in ("1", "on", "yes", "true", "force"):
+        if not possible:
+            raise RuntimeError(
+                "LOWLIGHT_FAST_CUDA=1 but CUDA kernels cannot be built: "
+                f"torch.version.cuda={torch.version.cuda!r}, CUDA_HOME={ce.CUDA_HOME!r}"
+            )
+        return True
+    return possible
+
+
+def _sources(pattern):
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+def extensions():
+    with_cuda = _want_cuda()
+    sources = ["csrc/ops.cpp"] + _sources("csrc/cpu/*.cpp")
+    cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-DLOWLIGHT_FAST_VERSION=\"0.1.0\""]
+    macros = []
+    kwargs = {}
+    if with_cuda:
+        sources += _sources("csrc/cuda/*.cu")
+        macros.append(("LOWLIGHT_FAST_WITH_CUDA", None))
+        kwargs["extra_compile_args"] = {"cxx": cxx, "nvcc": ["-O3", "-lineinfo"]}
+        ext_cls = ce.CUDAExtension
+    else:
+        kwargs["extra_compile_args"] = {"cxx": cxx}
+        ext_cls = ce.CppExtension
+    return [
+        ext_cls(
+            "lowlight_fast._C",
+            sources,
+            include_dirs=[os.path.join(ROOT, "csrc")],
+            define_macros=macros,
+            extra_link_args=["-fopenmp"],
+            **kwargs,
+        )
+    ]
+
+
+setup(
+    ext_modules=extensions(),
+    cmdclass={"build_ext": ce.BuildExtension.with_options(use_ninja=True)},
+)

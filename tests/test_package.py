@@ -1,0 +1,57 @@
+"""The package imports, reports its build, and runs on the reference path when the extension is absent."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import lowlight_fast
+from lowlight_fast import backend
+
+
+def test_build_info_reports_cpu_kernels():
+    info = lowlight_fast.build_info()
+    assert info["cpu"] is True, info
+    assert info["version"] == lowlight_fast.__version__
+
+
+def test_backend_switch_rejects_unknown_name(monkeypatch):
+    monkeypatch.setenv(backend.ENV_VAR, "fastest")
+    with pytest.raises(ValueError, match="LOWLIGHT_FAST_BACKEND"):
+        backend.requested()
+
+
+def test_use_backend_overrides_environment(monkeypatch):
+    monkeypatch.setenv(backend.ENV_VAR, "cpp")
+    with lowlight_fast.use_backend("reference"):
+        assert backend.requested() == "reference"
+        assert backend.select("anything", torch.device("cpu"), has_triton=False) == "reference"
+    assert backend.requested() == "cpp"
+
+
+def test_explicit_triton_without_kernels_is_an_error():
+    with lowlight_fast.use_backend("triton"), pytest.raises(RuntimeError, match="no Triton"):
+        backend.select("anything", torch.device("cpu"), has_triton=False)
+
+
+def test_import_without_extension_warns_and_falls_back():
+    code = textwrap.dedent(
+        """
+        import sys, warnings
+        sys.modules["lowlight_fast._C"] = None  # as if the extension had never been built
+        import torch
+        import lowlight_fast
+        from lowlight_fast import backend
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            choice = backend.select("tv_loss", torch.device("cpu"), has_triton=False)
+        assert choice == "reference", choice
+        assert any("compiled extension not available" in str(x.message) for x in w), [str(x.message) for x in w]
+        assert lowlight_fast.build_info()["cpu"] is False
+        print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("ok")
