@@ -6,6 +6,8 @@
 Device: LOWLIGHT_FAST_BENCH_DEVICE (cpu | cuda), default cuda when a GPU is visible, else cpu.
 Each case records in extra_info the bytes the fused op must move ("bytes"), so that an effective
 bandwidth can be computed (scripts/gpu_check.sh prints it beside a device-to-device copy's).
+Zero-DCE++'s forward+backward (full-resolution map) is not here: inductor spent more than 20 minutes
+compiling the reference's backward on the 2-core CPU without finishing.
 The peak-memory group runs each variant in a fresh subprocess and records the peak over the inputs
 (CPU: VmHWM after resetting it; CUDA: max_memory_allocated) in extra_info["peak_mb"].
 """
@@ -114,10 +116,6 @@ def _fwd_bwd_curve(fn, x, r, g):
     return torch.autograd.grad(out8, (x, r), g)
 
 
-def _fwd_bwd_shared(fn, x, a, g):
-    return torch.autograd.grad(fn(x, a), (x, a), g)
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("size", list(TRAIN))
 def test_forward_backward(benchmark, size, variant):
@@ -129,19 +127,6 @@ def test_forward_backward(benchmark, size, variant):
     # forward reads x, r, writes 2 images; backward reads x, r, g, writes grad_x, grad_r
     nbytes = ((3 + 24 + 6) + (3 + 24 + 3 + 3 + 24)) * b * h * w * ITEM
     _run(benchmark, lambda: _fwd_bwd_curve(fn, x, r, g), x.numel(), nbytes)
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("size", list(TRAIN))
-def test_forward_backward_shared(benchmark, size, variant):
-    """Zero-DCE++ training (scale factor 1: a full-resolution map)."""
-    benchmark.group = f"le_curve_shared forward+backward {size} {DEVICE}"
-    b, h, w = TRAIN[size]
-    x, a = _image(b, h, w).requires_grad_(), _image(b, h, w, 3, -1, 1).requires_grad_()
-    g = torch.randn(b, 3, h, w, device=DEVICE)
-    fn = _shared(variant)
-    nbytes = ((3 + 3 + 3) + (3 + 3 + 3 + 3 + 3)) * b * h * w * ITEM
-    _run(benchmark, lambda: _fwd_bwd_shared(fn, x, a, g), x.numel(), nbytes)
 
 
 # ---- what the memory system can do: a device-to-device copy of the forward's input ----

@@ -101,6 +101,8 @@ for group, name, median, gbps, extra in sorted(rows, key=lambda r: (r[0], r[1]))
     bw = f"{gbps:.0f}" if gbps else ""
     pct = f"{100 * gbps / copy_gbps:.0f}%" if gbps and copy_gbps else ""
     peak = f"{extra['peak_mb']:.0f}" if "peak_mb" in extra else ""
+    if "peak_above_grads_mb" in extra:
+        peak += f" ({extra['peak_above_grads_mb']:.0f} above the gradients)"
     print(f"| {group} | {name} | {median * 1e3:.3f} | {speedup} | {bw} | {pct} | {peak} |")
 EOF
 
