@@ -37,7 +37,7 @@ def test_forward_backward_match_reference(backend, shape, device):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gradcheck_float64(backend, device):
     forward, _ = _op(backend)
-    for shape in [(2, 3, 5, 6), (1, 2, 2, 3)]:
+    for shape in [(2, 2, 5, 6), (1, 2, 2, 3)]:
         x = torch.rand(shape, device=device, dtype=torch.float64, requires_grad=True)
         assert torch.autograd.gradcheck(forward, (x,))
 
