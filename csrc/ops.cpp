@@ -12,6 +12,8 @@ TORCH_LIBRARY(lowlight_fast, m) {
   // --- le_curve (Zero-DCE / Zero-DCE++ light-enhancement curve) ---
   // --- smooth_loss (SCI 24-direction edge-aware smoothness) ---
   // --- tv_loss and pooled spatial / exposure / colour losses (Zero-DCE) ---
+  m.def("tv_loss(Tensor x) -> Tensor");
+  m.def("tv_loss_backward(Tensor grad, Tensor x) -> Tensor");
 }
 
 namespace {
