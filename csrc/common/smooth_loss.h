@@ -16,6 +16,8 @@
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define SL_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+#define SL_HD inline __attribute__((always_inline))  // inlined into the vectorised CPU loops
 #else
 #define SL_HD inline
 #endif
@@ -88,8 +90,15 @@ SL_HD float exp_nonpositive(float x) {
 #if defined(__CUDA_ARCH__) || defined(__HIP_DEVICE_COMPILE__)
   return expf(x);
 #else
+  // Below -87 the result (< 1.7e-38) is returned as exp(-87): harmless here, and keeps the code branch-free.
   const float xc = x < -87.0f ? -87.0f : x;
-  const float fx = std::floor(xc * 1.44269504088896341f + 0.5f);
+  // n = round(xc / ln 2) with the 1.5 * 2^23 trick (no float -> int conversion, which could trap).
+  const float magic = 12582912.0f;
+  const float shifted = xc * 1.44269504088896341f + magic;
+  const float fx = shifted - magic;
+  int32_t n_bits;
+  std::memcpy(&n_bits, &shifted, sizeof(n_bits));
+  const int32_t n = n_bits - 0x4B400000;  // the bits of magic
   float r = xc - fx * 0.693359375f;
   r = r + fx * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -99,10 +108,10 @@ SL_HD float exp_nonpositive(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(fx) + 127) << 23;
+  const int32_t bits = (n + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  return x < -87.0f ? 0.0f : p * scale;
+  return p * scale;
 #endif
 }
 SL_HD double exp_nonpositive(double x) { return exp(x); }
