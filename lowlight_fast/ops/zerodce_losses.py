@@ -121,13 +121,16 @@ def spatial_consistency(org: torch.Tensor, enhance: torch.Tensor) -> torch.Tenso
     return spatial_from_pooled(pooled_org, pooled_enhance)
 
 
-def _check_loss_inputs(low, enhanced, curve_maps, exp_patch):
+def check_loss_inputs(low, enhanced, curve_maps, exp_patch: int) -> None:
+    """The checks of the combined Zero-DCE loss (its exposure pool needs images of exp_patch pixels)."""
     if not isinstance(exp_patch, int) or exp_patch < POOL or exp_patch % POOL:
         raise ValueError(f"exp_patch: the fused exposure pool needs a multiple of 4, got {exp_patch!r}")
     _validate.check_image(low, "low", min_size=exp_patch)
     _validate.check_image(enhanced, "enhanced", min_size=exp_patch)
     _validate.check_image(curve_maps, "curve_maps", channels=None, min_size=2)
     _validate.check_same_device(low=low, enhanced=enhanced, curve_maps=curve_maps)
+    _validate.check_same_shape(low=low, enhanced=enhanced)
+    _validate.check_same_dtype(low=low, enhanced=enhanced)
 
 
 def zerodce_loss_terms(
@@ -141,7 +144,7 @@ def zerodce_loss_terms(
 ) -> dict[str, torch.Tensor]:
     """The weighted Zero-DCE loss terms {tv, spa, col, exp} with the fused ops (see
     :func:`lowlight_fast.reference.zerodce_losses.zerodce_loss_terms`)."""
-    _check_loss_inputs(low, enhanced, curve_maps, exp_patch)
+    check_loss_inputs(low, enhanced, curve_maps, exp_patch)
     pooled_enhanced, pooled_low, means = pooled_stats(enhanced, low)
     return {
         "tv": tv_weight * tv_loss(curve_maps),
