@@ -73,13 +73,16 @@ def _pooled_reference(enhanced: torch.Tensor, low: torch.Tensor):
     )
 
 
-def pooled_stats(enhanced: torch.Tensor, low: torch.Tensor):
-    """(4x4-pooled channel mean of enhanced, the same of low, channel means of enhanced (B, 3))."""
-    _validate.check_image(enhanced, "enhanced", min_size=POOL)
-    _validate.check_image(low, "low", min_size=POOL)
-    _validate.check_same_device(enhanced=enhanced, low=low)
-    _validate.check_same_shape(enhanced=enhanced, low=low)
-    _validate.check_same_dtype(enhanced=enhanced, low=low)
+def pooled_stats(enhanced: torch.Tensor, low: torch.Tensor, *, names: tuple[str, str] = ("enhanced", "low")):
+    """(4x4-pooled channel mean of enhanced, the same of low, channel means of enhanced (B, 3)).
+    ``names`` are the argument names that error messages use."""
+    first, second = names
+    _validate.check_image(enhanced, first, min_size=POOL)
+    _validate.check_image(low, second, min_size=POOL)
+    pair = {first: enhanced, second: low}
+    _validate.check_same_device(**pair)
+    _validate.check_same_shape(**pair)
+    _validate.check_same_dtype(**pair)
     which = backend.select(OP, enhanced.device, has_triton=_triton is not None)
     if which == "cpp":
         return torch.ops.lowlight_fast.zerodce_pooled(enhanced, low)
@@ -117,7 +120,7 @@ def color_from_means(means: torch.Tensor) -> torch.Tensor:
 
 def spatial_consistency(org: torch.Tensor, enhance: torch.Tensor) -> torch.Tensor:
     """L_spa(org, enhance), fused: (B, 1, H//4, W//4). Needs H, W >= 4."""
-    pooled_org, pooled_enhance, _ = pooled_stats(org, enhance)
+    pooled_org, pooled_enhance, _ = pooled_stats(org, enhance, names=("org", "enhance"))
     return spatial_from_pooled(pooled_org, pooled_enhance)
 
 
