@@ -22,7 +22,8 @@ pytestmark = pytest.mark.skipif(
 
 MODES = ("faithful", "per_pixel")
 # odd sizes, the 3-pixel minimum, sizes where the faithful triples cross rows and planes, batch > 1
-SHAPES = [(2, 3, 3, 3), (1, 3, 3, 8), (3, 3, 7, 11), (2, 3, 17, 23), (1, 3, 10, 4)]
+# and heights spanning several 16-row CPU chunks, with a last chunk of 1 or 2 rows
+SHAPES = [(2, 3, 3, 3), (1, 3, 3, 8), (3, 3, 7, 11), (2, 3, 17, 23), (1, 3, 10, 4), (1, 3, 49, 5), (2, 3, 50, 6)]
 OPS = torch.ops.lowlight_fast
 
 
