@@ -1,18 +1,20 @@
 // CPU kernels of SCI's 24-direction edge-aware smoothness loss (math in csrc/common/smooth_loss.h).
 //
-// One pass computes the loss and both gradients. Each unique pair (12 per pixel) is evaluated once:
-// the derivative at its end q is added in place, the one at its start p is gathered in 6 row
-// accumulators and added once per row, so the inner loops have no dependence between iterations and
-// vectorise (`#pragma omp simd`; AVX-512 / AVX2 variants chosen at run time, honouring
-// ATEN_CPU_CAPABILITY). Bytes per pixel and pair, float32: reads Y and O at p and q (48), read-modify-
-// write of the 6 q-side gradients (48); all of it from the 5 rows in cache. Extra memory: Y (one map in
-// the compute dtype; d/dY lives in the d/d input output) plus, for float16/bfloat16, float copies of the
-// arguments and of both gradients.
+// One pass computes the loss and both gradients. Rows are processed in chunks of kChunkRows; a chunk
+// first converts its rows (and the kMaxOffset rows below) to YCbCr in a small buffer that stays in
+// cache, then evaluates each unique pair (12 per pixel) once: the derivative at its end q is added in
+// place, the one at its start p is gathered in 6 row accumulators and added once per row, so the inner
+// loops have no dependence between iterations and vectorise (`#pragma omp simd`; AVX-512 / AVX2
+// variants chosen at run time, honouring ATEN_CPU_CAPABILITY). d loss/d Y is accumulated in the
+// d loss/d input output and converted in place at the end. Memory traffic per pixel, float32: read
+// input and output (24 B), write both gradients (24 B), one more read+write of d/d input (24 B).
+// Extra memory: none of full size for float32/float64 (chunk buffers only); for float16/bfloat16
+// float copies of the arguments and of both gradients.
 //
-// Threads: rows are cut into fixed chunks of kChunkRows; a chunk writes its own rows and the 2 below.
-// Even chunks run first, then odd ones, so no two running chunks touch the same row, no atomics are
-// needed, and every row receives its contributions in the same order whatever the thread count. The
-// per-chunk loss sums are added in chunk order, in double: the result is deterministic.
+// Threads: a chunk writes its own rows and the 2 below. Even chunks run first, then odd ones, so no
+// two running chunks touch the same row, no atomics are needed, and the order in which a row receives
+// its contributions does not depend on the thread count. The per-chunk loss sums are added in chunk
+// order, in double: the result is deterministic.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
