@@ -14,7 +14,7 @@ def _close(a, b, tol=1e-5):
 
 
 # ---------------------------------------------------------------------------- parity (original outputs)
-@pytest.mark.parametrize("fused", [False])
+@pytest.mark.parametrize("fused", [False, True])
 def test_zerodce_reproduces_original_outputs(fused):
     d = parity.load("zerodce")
     model = M.ZeroDCE(fused=fused)
@@ -26,7 +26,7 @@ def test_zerodce_reproduces_original_outputs(fused):
     _close(e8, d["enhance_image"])
 
 
-@pytest.mark.parametrize("fused", [False])
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("scale", [1, 4, 12])
 def test_zerodcepp_reproduces_original_outputs(scale, fused):
     d = parity.load("zerodcepp")
