@@ -13,6 +13,7 @@ from pathlib import Path
 MODELS = ("zerodce", "zerodcepp", "sci")
 DEFAULT_MODEL = "zerodce"
 DATA_DIR = Path(__file__).resolve().parent / "data"
+MIN_TILE = 64  # tiles smaller than this would make the convolutions pick other algorithms (tiling.py)
 BYTES_PER_PIXEL = {"zerodce": 1200, "zerodcepp": 1200, "sci": 160}  # generous inference working sets
 
 
@@ -132,7 +133,7 @@ class Enhancer:
         if not self.local or need <= budget:
             return None
         side = int((budget / BYTES_PER_PIXEL[self.name]) ** 0.5) - 2 * 16
-        return max(64, side // 64 * 64)
+        return max(MIN_TILE, side // 64 * 64)
 
     def __call__(self, x):
         from lowlight_fast.tiling import enhance_tiled, is_out_of_memory
@@ -155,10 +156,9 @@ class Enhancer:
                         raise RuntimeError(
                             f"out of memory enhancing a {w}x{h} image with {self.name} at this scale factor, "
                             "which cannot be tiled; use a larger --scale-factor or --device cpu") from exc
-                    tile = min(tile or max(h, w), max(h, w)) // 2
-                    if tile < 32:
+                    if tile == MIN_TILE:
                         raise
-                    tile = max(32, tile)
+                    tile = max(MIN_TILE, min(tile or max(h, w), max(h, w)) // 2)
 
 
 # --------------------------------------------------------------------------------------------- enhance
@@ -236,6 +236,9 @@ def cmd_enhance(args) -> int:
         return 2
     if args.scale_factor is not None and args.model != "zerodcepp":
         _eprint("error: --scale-factor applies to --model zerodcepp only")
+        return 2
+    if args.tile and args.tile < MIN_TILE:
+        _eprint(f"error: --tile must be at least {MIN_TILE} (got {args.tile})")
         return 2
     inputs = collect_inputs(args.inputs)
     for e in inputs.errors:

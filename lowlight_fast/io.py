@@ -99,12 +99,12 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
     path = os.fspath(path)
     try:
         with Image.open(path) as im:
+            low = _png16_low_bytes(path, im)  # before anything loads the image (getexif may)
             orientation = 1
             try:
                 orientation = int(im.getexif().get(EXIF_ORIENTATION, 1))
             except Exception:  # a broken EXIF block must not lose the picture
                 orientation = 1
-            low = _png16_low_bytes(path, im)
             im.load()
             rgb, alpha, bits = _to_arrays(im, low)
     except ImageReadError:

@@ -23,6 +23,20 @@ def tile_starts(length: int, tile: int) -> list[int]:
     return list(range(0, length, tile))
 
 
+def _window(c0: int, c1: int, length: int, tile: int, margin: int) -> tuple[int, int]:
+    """The input window of the core [c0, c1): the core plus ``margin`` on each side, widened inside the
+    image to the common size ``tile + 2 * margin`` (edge tiles included), so that every tile runs the
+    same convolution shapes (CPU convolution libraries pick their algorithm by size; same algorithm,
+    same rounding, same pixels as the whole-image run)."""
+    size = min(length, tile + 2 * margin)
+    a = max(0, c0 - margin)
+    b = min(length, c1 + margin)
+    if b - a < size:
+        a = max(0, min(a, b - size))
+        b = min(length, a + size)
+    return a, b
+
+
 def enhance_tiled(
     fn: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
@@ -30,7 +44,7 @@ def enhance_tiled(
     margin: int = MARGIN,
     out_device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Apply ``fn`` (N x 3 x h x w -> N x 3 x h x w, local with radius <= ``margin``) to ``x`` tile by tile.
+    """Apply ``fn`` (N x C x h x w -> N x C' x h x w, local with radius <= ``margin``) to ``x`` tile by tile.
 
     ``x`` may live on another device than the one ``fn`` computes on (for example a large image kept
     in host memory); each tile is moved with ``fn``'s own device handling. The result is assembled on
@@ -38,16 +52,19 @@ def enhance_tiled(
     """
     if tile <= 0:
         raise ValueError(f"tile must be positive, got {tile}")
-    n, c, h, w = x.shape
-    out = torch.empty((n, c, h, w), dtype=x.dtype, device=out_device if out_device is not None else x.device)
+    n, _, h, w = x.shape
+    out = None
     for y0 in tile_starts(h, tile):
         y1 = min(y0 + tile, h)
-        ya, yb = max(0, y0 - margin), min(h, y1 + margin)
+        ya, yb = _window(y0, y1, h, tile, margin)
         for x0 in tile_starts(w, tile):
             x1 = min(x0 + tile, w)
-            xa, xb = max(0, x0 - margin), min(w, x1 + margin)
+            xa, xb = _window(x0, x1, w, tile, margin)
             y = fn(x[:, :, ya:yb, xa:xb])
-            out[:, :, y0:y1, x0:x1] = y[:, :, y0 - ya : y0 - ya + (y1 - y0), x0 - xa : x0 - xa + (x1 - x0)].to(out.device)
+            if out is None:
+                out = torch.empty((n, y.shape[1], h, w), dtype=y.dtype,
+                                  device=out_device if out_device is not None else x.device)
+            out[:, :, y0:y1, x0:x1] = y[:, :, y0 - ya:y1 - ya, x0 - xa:x1 - xa].to(out.device)
     return out
 
 
