@@ -306,6 +306,10 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, objective: 
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT_NAME
     state = None
+    if resume is None and ckpt_path.exists():
+        raise TrainingError(
+            f"{str(out)!r} already holds a training checkpoint; continue it with --resume, or delete it / "
+            "choose another --out to start a new run")
     if resume is not None:
         state = load_checkpoint(resume)
         saved = state["config"]
@@ -396,6 +400,8 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, objective: 
                 bar.set_postfix({k: _fmt(v) for k, v in values.items()}, refresh=False)
                 bar.update(1)
                 if step % cfg.log_every == 0 or step == total:
+                    if log_file.tell() == 0:
+                        log.writerow(["step"] + sorted(values))
                     log.writerow([step] + [f"{values[k]:.6g}" for k in sorted(values)])
                     log_file.flush()
                 if step % cfg.checkpoint_every == 0 or step == total:
@@ -426,7 +432,9 @@ def _truncate_log(path: Path, step: int) -> None:
     if not path.exists():
         return
     with open(path, newline="") as f:
-        rows = [r for r in csv.reader(f) if r and int(r[0]) <= step]
+        rows = [r for r in csv.reader(f) if r and (not r[0].isdigit() or int(r[0]) <= step)]
+    if len(rows) == 1:  # the header alone
+        rows = []
     with open(path, "w", newline="") as f:
         csv.writer(f).writerows(rows)
 
