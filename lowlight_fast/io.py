@@ -6,7 +6,7 @@
 - The EXIF orientation is applied, so the result is upright; the output carries no EXIF.
 - Colour goes to the model as RGB float32 in [0, 1]; alpha is kept aside and written back unchanged
   (where the output format has alpha).
-- Output samples are rounded to nearest (not truncated). A 16-bit input written as PNG stays 16-bit.
+- Output samples are rounded to nearest (not truncated), halves up like torchvision's ``save_image``. A 16-bit input written as PNG stays 16-bit.
 """
 from __future__ import annotations
 
@@ -148,11 +148,13 @@ def _to_arrays(im: Image.Image, low: np.ndarray | None) -> tuple[np.ndarray, np.
 
 
 def quantize(x: torch.Tensor | np.ndarray, bits: int) -> np.ndarray:
-    """Float samples in [0, 1] -> uint8/uint16, clamped and rounded to nearest (half to even)."""
+    """Float samples in [0, 1] -> uint8/uint16, clamped and rounded to nearest, halves up: in float32,
+    ``floor(x * peak + 0.5)``, the arithmetic of torchvision's ``save_image`` that the original scripts use,
+    so 8-bit results match theirs pixel for pixel."""
     if isinstance(x, torch.Tensor):
         x = x.detach().float().cpu().numpy()
     peak = 65535.0 if bits == 16 else 255.0
-    q = np.rint(np.clip(x.astype(np.float32), 0.0, 1.0) * np.float32(peak))
+    q = np.floor(np.clip(x.astype(np.float32), 0.0, 1.0) * np.float32(peak) + np.float32(0.5))
     return q.astype(np.uint16 if bits == 16 else np.uint8)
 
 

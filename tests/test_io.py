@@ -1,6 +1,7 @@
 """lowlight_fast.io: decoding every kind of image the command line meets, and writing results."""
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageOps
 
 from lowlight_fast import io
@@ -45,7 +46,7 @@ def test_write_16bit_png_roundtrip(tmp_path, rng, with_alpha):
     p = tmp_path / "o.png"
     io.write_image(p, rgb, bits=16, alpha=alpha)
     got = read_png16(p)
-    np.testing.assert_array_equal(got[..., :3], np.rint(rgb * 65535).astype(np.uint16))
+    np.testing.assert_array_equal(got[..., :3], np.floor(rgb * np.float32(65535) + np.float32(0.5)).astype(np.uint16))
     if with_alpha:
         np.testing.assert_array_equal(got[..., 3], alpha)
     back = io.read_image(p)  # and our reader reads our writer
@@ -55,6 +56,9 @@ def test_write_16bit_png_roundtrip(tmp_path, rng, with_alpha):
 def test_quantize_rounds_to_nearest():
     x = np.array([0.0, 0.4 / 255, 0.6 / 255, 1.49 / 255, 1.51 / 255, 254.6 / 255, 1.0, 1.7, -0.2], np.float32)
     np.testing.assert_array_equal(io.quantize(x, 8), [0, 0, 1, 1, 2, 255, 255, 255, 0])
+    halves = np.array([0.5, 1.5, 2.5, 100.5], np.float32) / np.float32(255)
+    torchvision_style = (torch.from_numpy(halves).mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)).numpy()
+    np.testing.assert_array_equal(io.quantize(halves, 8), torchvision_style)
     assert io.quantize(np.float32([0.5 / 65535 + 1e-7, 1.0]), 16).tolist() == [1, 65535]
 
 

@@ -60,4 +60,4 @@ def model_output(name: str, weights: Path, rgb: np.ndarray, bits: int = 8, **kwa
     with torch.inference_mode():
         y = m.enhance_image(x)[0].numpy().transpose(1, 2, 0)
     peak = 65535 if bits == 16 else 255
-    return np.rint(np.clip(y, 0, 1) * np.float32(peak)).astype(np.uint16 if bits == 16 else np.uint8)
+    return np.floor(np.clip(y, 0, 1) * np.float32(peak) + np.float32(0.5)).astype(np.uint16 if bits == 16 else np.uint8)
