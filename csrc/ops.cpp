@@ -11,7 +11,13 @@
 TORCH_LIBRARY(lowlight_fast, m) {
   // --- le_curve (Zero-DCE / Zero-DCE++ light-enhancement curve) ---
   // --- smooth_loss (SCI 24-direction edge-aware smoothness) ---
+  // loss only; loss with d loss/d input and d loss/d output in one pass; gradients times grad.
+  m.def("smooth_loss(Tensor input, Tensor output, float sigma, bool faithful) -> Tensor");
+  m.def("smooth_loss_with_grad(Tensor input, Tensor output, float sigma, bool faithful) -> (Tensor, Tensor, Tensor)");
+  m.def("smooth_loss_backward(Tensor grad, Tensor input, Tensor output, float sigma, bool faithful) -> (Tensor, Tensor)");
   // --- tv_loss and pooled spatial / exposure / colour losses (Zero-DCE) ---
+  m.def("tv_loss(Tensor x) -> Tensor");
+  m.def("tv_loss_backward(Tensor grad, Tensor x) -> Tensor");
 }
 
 namespace {

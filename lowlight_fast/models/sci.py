@@ -96,6 +96,11 @@ class SCINetwork(EnhancementModel):
         self._criterion = None
         weights_init_(self)
 
+    def weights_init(self, m: nn.Module) -> None:
+        """The original's per-module init, for ``module.apply(model.weights_init)``."""
+        if isinstance(m, (nn.Conv2d, nn.BatchNorm2d)):
+            weights_init_(m)
+
     def forward(self, input: torch.Tensor):
         self._check_input(input, "input")
         ilist, rlist, inlist, attlist = [], [], [], []
