@@ -18,23 +18,33 @@ import torch
 MARGIN = 16  # >= the receptive-field radius of every model above (7 at most)
 
 
-def tile_starts(length: int, tile: int) -> list[int]:
-    """Start offsets of the core tiles covering ``range(length)``."""
-    return list(range(0, length, tile))
+MIN_WINDOW_AREA = 128 * 128  # windows at least this large (pixels): see _tile_sizes
 
 
-def _window(c0: int, c1: int, length: int, tile: int, margin: int) -> tuple[int, int]:
-    """The input window of the core [c0, c1): the core plus ``margin`` on each side, widened inside the
-    image to the common size ``tile + 2 * margin`` (edge tiles included), so that every tile runs the
-    same convolution shapes (CPU convolution libraries pick their algorithm by size; same algorithm,
-    same rounding, same pixels as the whole-image run)."""
-    size = min(length, tile + 2 * margin)
+def _window(c0: int, c1: int, length: int, size: int, margin: int) -> tuple[int, int]:
+    """The input window of the core [c0, c1) along one axis: the core plus ``margin`` on each side,
+    widened inside the image to the common ``size`` (edge tiles included)."""
     a = max(0, c0 - margin)
     b = min(length, c1 + margin)
     if b - a < size:
         a = max(0, min(a, b - size))
         b = min(length, a + size)
     return a, b
+
+
+def _tile_sizes(h: int, w: int, tile: int, margin: int) -> tuple[int, int]:
+    """Core tile height and width. Every window gets the same shape, and at least MIN_WINDOW_AREA
+    pixels (a thin image gets longer tiles): CPU convolution libraries choose their algorithm by the
+    input's size, and tiny inputs get another one, with another rounding. Same shapes, same algorithm
+    as the whole image, same pixels."""
+    th = tw = tile
+    wh, ww = min(h, tile + 2 * margin), min(w, tile + 2 * margin)
+    if wh * ww < MIN_WINDOW_AREA:
+        if wh <= ww:
+            tw = max(tile, -(-MIN_WINDOW_AREA // wh) - 2 * margin)
+        else:
+            th = max(tile, -(-MIN_WINDOW_AREA // ww) - 2 * margin)
+    return th, tw
 
 
 def enhance_tiled(
@@ -47,19 +57,20 @@ def enhance_tiled(
     """Apply ``fn`` (N x C x h x w -> N x C' x h x w, local with radius <= ``margin``) to ``x`` tile by tile.
 
     ``x`` may live on another device than the one ``fn`` computes on (for example a large image kept
-    in host memory); each tile is moved with ``fn``'s own device handling. The result is assembled on
-    ``out_device`` (default: ``x``'s device).
+    in host memory); ``fn`` moves each tile. The result is assembled on ``out_device`` (default:
+    ``x``'s device).
     """
     if tile <= 0:
         raise ValueError(f"tile must be positive, got {tile}")
     n, _, h, w = x.shape
+    th, tw = _tile_sizes(h, w, tile, margin)
     out = None
-    for y0 in tile_starts(h, tile):
-        y1 = min(y0 + tile, h)
-        ya, yb = _window(y0, y1, h, tile, margin)
-        for x0 in tile_starts(w, tile):
-            x1 = min(x0 + tile, w)
-            xa, xb = _window(x0, x1, w, tile, margin)
+    for y0 in range(0, h, th):
+        y1 = min(y0 + th, h)
+        ya, yb = _window(y0, y1, h, min(h, th + 2 * margin), margin)
+        for x0 in range(0, w, tw):
+            x1 = min(x0 + tw, w)
+            xa, xb = _window(x0, x1, w, min(w, tw + 2 * margin), margin)
             y = fn(x[:, :, ya:yb, xa:xb])
             if out is None:
                 out = torch.empty((n, y.shape[1], h, w), dtype=y.dtype,

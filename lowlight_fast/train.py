@@ -465,12 +465,15 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
                    help="continue from CHECKPOINT (default: OUT/checkpoint.pt) exactly where it stopped")
     p.add_argument("--workers", type=int, default=None, help="data-loading processes (default 0: in the main one)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's default)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
 
 def cmd_train(args) -> int:
     out = args.out or os.path.join("runs", args.model)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     overrides = {f.name: getattr(args, f.name, None) for f in fields(TrainConfig)
                  if f.name not in ("model", "data_dir", "out", "progress")}
     if args.crop and args.size is None:

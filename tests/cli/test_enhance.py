@@ -160,3 +160,22 @@ def test_info_runs():
     proc = run_cli("info", check=True)
     for word in ("lowlight_fast", "torch", "C++ CPU", "CUDA kernels", "Triton", "devices"):
         assert word in proc.stdout
+
+
+def test_demo_brightens_bundled_samples(tmp_path):
+    """The one-command demo: bundled samples, bundled weights, results and the contact sheet."""
+    from lowlight_fast.cli import MODELS, bundled_samples
+
+    samples = bundled_samples()
+    assert len(samples) >= 3
+    proc = run_cli("demo", "-o", tmp_path, "--device", "cpu", "-q", check=True,
+                   env_extra={"OMP_NUM_THREADS": "1"})
+    assert "contact_sheet.png" in proc.stdout
+    sheet = Image.open(tmp_path / "contact_sheet.png")
+    assert sheet.width > 4 * 180 and sheet.height > len(samples) * 180
+    for model in MODELS:
+        for s in samples:
+            before = np.asarray(Image.open(s).convert("RGB"), dtype=np.float64)
+            after = np.asarray(Image.open(tmp_path / model / s.name), dtype=np.float64)
+            assert after.shape == before.shape
+            assert after.mean() > 1.4 * before.mean(), (model, s.name, before.mean(), after.mean())
