@@ -325,11 +325,17 @@ def cmd_info(args) -> int:
     bi = _ext.build_info()
     print(f"lowlight_fast {lowlight_fast.__version__}")
     print(f"python        {platform.python_version()} ({sys.executable})")
-    print(f"torch         {torch.__version__} (CUDA {torch.version.cuda or 'none'})")
+    built_with = bi.get("torch_version")
+    print(f"torch         {torch.__version__} (CUDA {torch.version.cuda or 'none'})"
+          + (f"; extension built against torch {built_with}" if built_with else ""))
     if not _ext.available():
         print(f"extension     lowlight_fast._C not loaded; {_ext.BUILD_HINT}")
     print(f"C++ CPU       {'built' if bi.get('cpu') else 'not built'}"
           + (f" (OpenMP {'on' if bi.get('openmp') else 'off'})" if bi.get("cpu") else ""))
+    if _ext.available():
+        ops = sorted({n.split("::")[1] for n in torch._C._dispatch_get_all_op_names()
+                      if n.startswith("lowlight_fast::") and not n.endswith("_backward")})
+        print(f"ops           {', '.join(ops) or 'none'}")
     print(f"CUDA kernels  {'built' if bi.get('cuda') else 'not built'}"
           + (f" (archs {bi.get('cuda_archs')})" if bi.get("cuda") and bi.get("cuda_archs") else ""))
     try:
@@ -417,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _eprint("interrupted")
         return 130
+    except BrokenPipeError:  # output piped into a command that stopped reading (| head)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":
