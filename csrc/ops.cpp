@@ -10,6 +10,13 @@
 
 TORCH_LIBRARY(lowlight_fast, m) {
   // --- le_curve (Zero-DCE / Zero-DCE++ light-enhancement curve) ---
+  // x (B,3,H,W), r (B,24,H,W) = 8 maps of 3 channels -> (image after 4 steps, image after 8 steps)
+  m.def("le_curve(Tensor x, Tensor r) -> (Tensor, Tensor)");
+  // gradients of either or both outputs -> (grad_x, grad_r); recomputes the 8 states from x and r
+  m.def("le_curve_backward(Tensor x, Tensor r, Tensor? grad_after4, Tensor? grad_after8) -> (Tensor, Tensor)");
+  // x (B,3,H,W), a (B,3,h,w) shared by the 8 steps; (h,w) != (H,W): bilinear, align_corners=True, in-kernel
+  m.def("le_curve_shared(Tensor x, Tensor a) -> Tensor");
+  m.def("le_curve_shared_backward(Tensor x, Tensor a, Tensor grad_out) -> (Tensor, Tensor)");
   // --- smooth_loss (SCI 24-direction edge-aware smoothness) ---
   // loss only; loss with d loss/d input and d loss/d output in one pass; gradients times grad.
   m.def("smooth_loss(Tensor input, Tensor output, float sigma, bool faithful) -> Tensor");
@@ -18,6 +25,8 @@ TORCH_LIBRARY(lowlight_fast, m) {
   // --- tv_loss and pooled spatial / exposure / colour losses (Zero-DCE) ---
   m.def("tv_loss(Tensor x) -> Tensor");
   m.def("tv_loss_backward(Tensor grad, Tensor x) -> Tensor");
+  m.def("zerodce_pooled(Tensor enhanced, Tensor low) -> (Tensor pooled_enhanced, Tensor pooled_low, Tensor channel_means)");
+  m.def("zerodce_pooled_backward(Tensor grad_pooled_enhanced, Tensor grad_pooled_low, Tensor grad_channel_means, Tensor enhanced, bool low_requires_grad) -> (Tensor grad_enhanced, Tensor grad_low)");
 }
 
 namespace {

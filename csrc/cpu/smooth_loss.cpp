@@ -1,24 +1,27 @@
 // CPU kernels of SCI's 24-direction edge-aware smoothness loss (math in csrc/common/smooth_loss.h).
 //
-// One pass computes the loss and both gradients. Each unique pair (12 per pixel) is evaluated once:
-// the derivative at its end q is added in place, the one at its start p is gathered in 6 row
-// accumulators and added once per row, so the inner loops have no dependence between iterations and
-// vectorise (`#pragma omp simd`; AVX-512 / AVX2 variants chosen at run time, honouring
-// ATEN_CPU_CAPABILITY). Bytes per pixel and pair, float32: reads Y and O at p and q (48), read-modify-
-// write of the 6 q-side gradients (48); all of it from the 5 rows in cache. Extra memory: Y (one map in
-// the compute dtype; d/dY lives in the d/d input output) plus, for float16/bfloat16, float copies of the
-// arguments and of both gradients.
+// One pass computes the loss and both gradients. Rows are processed in chunks of kChunkRows; a chunk
+// first converts its rows (and the kMaxOffset rows below) to YCbCr in a small buffer that stays in
+// cache, then evaluates each unique pair (12 per pixel) once: the derivative at its end q is added in
+// place, the one at its start p is gathered in 6 row accumulators and added once per row, so the inner
+// loops have no dependence between iterations and vectorise (`#pragma omp simd`; AVX-512 / AVX2
+// variants chosen at run time, honouring ATEN_CPU_CAPABILITY). d loss/d Y is accumulated in the
+// d loss/d input output and converted in place at the end. Memory traffic per pixel, float32: read
+// input and output (24 B), write both gradients (24 B), one more read+write of d/d input (24 B).
+// Extra memory: none of full size for float32/float64 (chunk buffers only); for float16/bfloat16
+// float copies of the arguments and of both gradients.
 //
-// Threads: rows are cut into fixed chunks of kChunkRows; a chunk writes its own rows and the 2 below.
-// Even chunks run first, then odd ones, so no two running chunks touch the same row, no atomics are
-// needed, and every row receives its contributions in the same order whatever the thread count. The
-// per-chunk loss sums are added in chunk order, in double: the result is deterministic.
+// Threads: a chunk writes its own rows and the 2 below. Even chunks run first, then odd ones, so no
+// two running chunks touch the same row, no atomics are needed, and the order in which a row receives
+// its contributions does not depend on the thread count. The per-chunk loss sums are added in chunk
+// order, in double: the result is deterministic.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
 #include <torch/library.h>
 
 #include <cmath>
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <tuple>
@@ -30,7 +33,8 @@ namespace lowlight_fast {
 namespace smooth {
 namespace {
 
-constexpr int64_t kChunkRows = 8;  // >= kMaxOffset, so only neighbouring chunks share rows
+constexpr int64_t kChunkRows = 16;  // >= kMaxOffset, so only neighbouring chunks share rows
+constexpr int kPeriod = 48;          // a multiple of 3 and of every vector width (faithful YCbCr tables)
 
 #if defined(__GNUC__)
 #define SL_ALWAYS_INLINE inline __attribute__((always_inline))
@@ -38,10 +42,31 @@ constexpr int64_t kChunkRows = 8;  // >= kMaxOffset, so only neighbouring chunks
 #define SL_ALWAYS_INLINE inline
 #endif
 
+// SCI's faithful rgb2yCbCr as a 5-tap filter over the flat memory with coefficients periodic in 3:
+// Y[f] = sum_{k=-2..2} tap[k+2][f % 3] * in[f + k] + bias[f % 3], tabulated over kPeriod (+2 for the
+// phase of the first element) so that the loop over f vectorises.
+template <typename acc_t>
+struct FaithfulTables {
+  alignas(64) acc_t tap[5][kPeriod + 2];
+  alignas(64) acc_t bias[kPeriod + 2];
+  FaithfulTables() {
+    for (int m = 0; m < kPeriod + 2; ++m) {
+      const int j = m % 3;
+      for (int k = -2; k <= 2; ++k) {
+        const int i = k + j;
+        tap[k + 2][m] = (i >= 0 && i <= 2) ? ycbcr_m<acc_t>(i, j) : acc_t(0);
+      }
+      bias[m] = ycbcr_bias<acc_t>(j);
+    }
+  }
+};
+
 // One image and the rows a task owns.
 template <typename acc_t>
 struct RowTask {
-  const acc_t* y;  // 3 planes of height x width (converted input)
+  const acc_t* in;  // 3 planes of height x width (the image)
+  acc_t* y;         // converted rows [y_row0, y_row0 + y_rows) of the 3 planes, filled by the task
+  int64_t y_row0, y_rows;
   const acc_t* o;  // 3 planes (output / illumination)
   acc_t* go;       // 3 planes of d loss / d o, or null (loss only)
   acc_t* gy;       // 3 planes of d loss / d y, or null
@@ -50,7 +75,61 @@ struct RowTask {
   int64_t row_begin, row_end;    // p-rows processed
   int64_t zero_begin, zero_end;  // gradient rows to clear first (this task writes them first)
   const Coefs<acc_t>* coefs;
+  const FaithfulTables<acc_t>* faithful;  // null: per-pixel conversion
 };
+
+// Y for the task's rows (the p-rows and the kMaxOffset rows below them), from the image.
+template <typename acc_t>
+SL_ALWAYS_INLINE void convert_rows(const RowTask<acc_t>& t) {
+  const int64_t w = t.width, hw = t.height * w, n = t.y_rows * w, first = t.y_row0 * w;
+  if (t.faithful == nullptr) {
+    for (int j = 0; j < 3; ++j) {
+      const acc_t m0 = ycbcr_m<acc_t>(0, j), m1 = ycbcr_m<acc_t>(1, j), m2 = ycbcr_m<acc_t>(2, j);
+      const acc_t bj = ycbcr_bias<acc_t>(j);
+      const acc_t* __restrict__ r = t.in + first;
+      const acc_t* __restrict__ g = r + hw;
+      const acc_t* __restrict__ b = g + hw;
+      acc_t* __restrict__ out = t.y + j * n;
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) out[i] = r[i] * m0 + g[i] * m1 + b[i] * m2 + bj;
+    }
+    return;
+  }
+  const FaithfulTables<acc_t>& tb = *t.faithful;
+  for (int c = 0; c < 3; ++c) {
+    const int64_t f0 = c * hw + first, f1 = f0 + n;  // flat range of this plane's rows
+    acc_t* __restrict__ out = t.y + c * n - f0;       // out[f] for f in [f0, f1)
+    // the first and last conversion rows of the image would read outside it: scalar
+    const int64_t v0 = std::max<int64_t>(f0, 3), v1 = std::min<int64_t>(f1, 3 * hw - 3);
+    for (int64_t f = f0; f < f1; ++f) {
+      if (f >= v0 && f < v1) {
+        f = v1 - 1;
+        continue;
+      }
+      const int64_t base = f - f % 3;
+      const int j = static_cast<int>(f % 3);
+      out[f] = t.in[base] * ycbcr_m<acc_t>(0, j) + t.in[base + 1] * ycbcr_m<acc_t>(1, j) +
+               t.in[base + 2] * ycbcr_m<acc_t>(2, j) + ycbcr_bias<acc_t>(j);
+    }
+    const int ph = static_cast<int>(v0 % 3);
+    const acc_t* __restrict__ k0 = tb.tap[0] + ph;
+    const acc_t* __restrict__ k1 = tb.tap[1] + ph;
+    const acc_t* __restrict__ k2 = tb.tap[2] + ph;
+    const acc_t* __restrict__ k3 = tb.tap[3] + ph;
+    const acc_t* __restrict__ k4 = tb.tap[4] + ph;
+    const acc_t* __restrict__ kb = tb.bias + ph;
+    for (int64_t blk = v0; blk < v1; blk += kPeriod) {
+      const int64_t len = std::min<int64_t>(kPeriod, v1 - blk);
+      const acc_t* __restrict__ src = t.in + blk;
+      acc_t* __restrict__ dst = out + blk;
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) {
+        dst[i] = k0[i] * src[i - 2] + k1[i] * src[i - 1] + k2[i] * src[i] + k3[i] * src[i + 1] + k4[i] * src[i + 2] +
+                 kb[i];
+      }
+    }
+  }
+}
 
 // Pairs (row, x) -> (row + dy, x + dx) for one offset: returns sum_x t; with gradients, adds the q-side
 // derivatives to go/gy and the p-side ones to the 6 scratch rows.
@@ -60,13 +139,14 @@ SL_ALWAYS_INLINE acc_t row_offset(const RowTask<acc_t>& t, int64_t row, int k) {
   const int64_t w = t.width, hw = t.height * w;
   const int64_t x0 = dx < 0 ? -dx : 0, x1 = dx > 0 ? w - dx : w;
   const int64_t p = row * w, q = (row + dy) * w + dx;
+  const int64_t yhw = t.y_rows * w, yp = (row - t.y_row0) * w, yq = yp + dy * w + dx;
   const acc_t s = t.coefs->s, a = t.coefs->a[k], m2sa = acc_t(-2) * s * a;
-  const acc_t* __restrict__ yp0 = t.y + p;
-  const acc_t* __restrict__ yp1 = yp0 + hw;
-  const acc_t* __restrict__ yp2 = yp1 + hw;
-  const acc_t* __restrict__ yq0 = t.y + q;
-  const acc_t* __restrict__ yq1 = yq0 + hw;
-  const acc_t* __restrict__ yq2 = yq1 + hw;
+  const acc_t* __restrict__ yp0 = t.y + yp;
+  const acc_t* __restrict__ yp1 = yp0 + yhw;
+  const acc_t* __restrict__ yp2 = yp1 + yhw;
+  const acc_t* __restrict__ yq0 = t.y + yq;
+  const acc_t* __restrict__ yq1 = yq0 + yhw;
+  const acc_t* __restrict__ yq2 = yq1 + yhw;
   const acc_t* __restrict__ op0 = t.o + p;
   const acc_t* __restrict__ op1 = op0 + hw;
   const acc_t* __restrict__ op2 = op1 + hw;
@@ -121,6 +201,24 @@ SL_ALWAYS_INLINE acc_t row_offset(const RowTask<acc_t>& t, int64_t row, int k) {
   return sum;
 }
 
+// Asks for the row that the next p-row brings in (the only new data per row): hardware prefetchers
+// lose track of the 12 to 24 streams of the pair loops, which made large images memory-bound.
+template <typename acc_t>
+SL_ALWAYS_INLINE void prefetch_row(const RowTask<acc_t>& t, int64_t row, bool with_grad) {
+  if (row >= t.height) return;
+  const int64_t w = t.width, hw = t.height * w, line = 64 / sizeof(acc_t);
+  for (int ch = 0; ch < 3; ++ch) {
+    const int64_t off = ch * hw + row * w;
+    for (int64_t x = 0; x < w; x += line) {
+      __builtin_prefetch(t.o + off + x);
+      if (with_grad) {
+        __builtin_prefetch(t.go + off + x, 1);
+        __builtin_prefetch(t.gy + off + x, 1);
+      }
+    }
+  }
+}
+
 // The rows of one task; returns its share of the loss.
 template <typename acc_t, bool kGrad>
 SL_ALWAYS_INLINE double process_rows(const RowTask<acc_t>& t) {
@@ -134,9 +232,11 @@ SL_ALWAYS_INLINE double process_rows(const RowTask<acc_t>& t) {
       }
     }
   }
+  convert_rows(t);
   double loss = 0;
   for (int64_t row = t.row_begin; row < t.row_end; ++row) {
     if (kGrad) std::memset(t.scratch, 0, 6 * w * sizeof(acc_t));
+    prefetch_row(t, row + kMaxOffset + 1, kGrad);
     for (int k = 0; k < kNumOffsets; ++k) {
       if (row + offset_dy(k) >= t.height) continue;
       loss += static_cast<double>(t.coefs->a[k] * row_offset<acc_t, kGrad>(t, row, k));
@@ -206,8 +306,9 @@ struct Rows<float, kGrad> {
 
 // The pair pass over all images: loss, and with gradients d/dO into go and d/dY into gy.
 template <typename acc_t, bool kGrad>
-double pair_pass(const acc_t* y, const acc_t* o, acc_t* go, acc_t* gy, int64_t batch, int64_t height, int64_t width,
-                 const Coefs<acc_t>& coefs) {
+double pair_pass(const acc_t* in, const acc_t* o, acc_t* go, acc_t* gy, int64_t batch, int64_t height, int64_t width,
+                 const Coefs<acc_t>& coefs, bool faithful) {
+  const FaithfulTables<acc_t> tables;
   const int64_t hw = height * width;
   const int64_t chunks = (height + kChunkRows - 1) / kChunkRows;
   std::vector<double> partial(batch * chunks, 0.0);
@@ -217,11 +318,13 @@ double pair_pass(const acc_t* y, const acc_t* o, acc_t* go, acc_t* gy, int64_t b
     const int64_t per_image = kGrad ? (chunks + 1 - wave) / 2 : chunks;
     at::parallel_for(0, batch * per_image, 1, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> scratch(kGrad ? 6 * width : 0);
+      std::vector<acc_t> ybuf(3 * (kChunkRows + kMaxOffset) * width);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / per_image, i = task - b * per_image;
         const int64_t chunk = kGrad ? 2 * i + wave : i;
         RowTask<acc_t> t;
-        t.y = y + b * 3 * hw;
+        t.in = in + b * 3 * hw;
+        t.y = ybuf.data();
         t.o = o + b * 3 * hw;
         t.go = kGrad ? go + b * 3 * hw : nullptr;
         t.gy = kGrad ? gy + b * 3 * hw : nullptr;
@@ -233,7 +336,10 @@ double pair_pass(const acc_t* y, const acc_t* o, acc_t* go, acc_t* gy, int64_t b
         // Even chunks clear their rows and the kMaxOffset rows below; odd chunks the rest of theirs.
         t.zero_begin = wave == 0 ? t.row_begin : std::min(t.row_begin + kMaxOffset, t.row_end);
         t.zero_end = wave == 0 ? std::min(height, t.row_end + kMaxOffset) : t.row_end;
+        t.y_row0 = t.row_begin;
+        t.y_rows = std::min(height, t.row_end + kMaxOffset) - t.row_begin;
         t.coefs = &coefs;
+        t.faithful = faithful ? &tables : nullptr;
         partial[b * chunks + chunk] = Rows<acc_t, kGrad>::run(t);
       }
     });
@@ -250,20 +356,16 @@ double smooth_loss_kernel(const at::Tensor& in, const at::Tensor& out, double si
   const int64_t batch = in.size(0), height = in.size(2), width = in.size(3);
   const int64_t hw = height * width, rows = batch * hw;
   const Coefs<acc_t> coefs = make_coefs<acc_t>(batch, height, width, sigma, scale);
-  at::Tensor ybuf = at::empty_like(in);
   const acc_t* in_p = in.const_data_ptr<acc_t>();
-  acc_t* y = ybuf.mutable_data_ptr<acc_t>();
-  at::parallel_for(0, rows, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) ycbcr_forward<acc_t>(in_p, y, triple_at(r, faithful, hw));
-  });
   if (gin == nullptr) {
-    return pair_pass<acc_t, false>(y, out.const_data_ptr<acc_t>(), nullptr, nullptr, batch, height, width, coefs);
+    return pair_pass<acc_t, false>(in_p, out.const_data_ptr<acc_t>(), nullptr, nullptr, batch, height, width, coefs,
+                                   faithful);
   }
   // d loss / d Y is accumulated in gin's memory, then turned into d loss / d input in place (each
   // conversion row reads its 3 values before writing them).
   acc_t* gin_p = gin->mutable_data_ptr<acc_t>();
-  const double loss = pair_pass<acc_t, true>(y, out.const_data_ptr<acc_t>(), gout->mutable_data_ptr<acc_t>(), gin_p,
-                                              batch, height, width, coefs);
+  const double loss = pair_pass<acc_t, true>(in_p, out.const_data_ptr<acc_t>(), gout->mutable_data_ptr<acc_t>(),
+                                              gin_p, batch, height, width, coefs, faithful);
   at::parallel_for(0, rows, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) ycbcr_backward<acc_t>(gin_p, gin_p, triple_at(r, faithful, hw), acc_t(1));
   });

@@ -220,3 +220,25 @@ def test_model_on_other_device_is_named():
 def test_build_model_rejects_unknown_name():
     with pytest.raises(ValueError, match="expected one of zerodce, zerodcepp, sci"):
         M.build_model("retinex")
+
+
+# ---------------------------------------------------------------------------- training losses and gradients
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_sci_network_loss_and_gradients_match_the_original(backend):
+    import lowlight_fast
+
+    d = parity.load("sci")
+    expected = parity.expected()["sci"]
+    net = M.SCINetwork()
+    net.load_state_dict(parity.params(d))
+    with lowlight_fast.use_backend(backend):
+        net.eval()
+        loss = net._loss(d["input"])
+        loss.backward()
+        assert loss.item() == pytest.approx(expected["network_loss_eval"], rel=1e-5)
+        grads = dict(net.named_parameters())
+        for key, want in d.items():
+            if key.startswith("eval_grad_param/"):
+                _close(grads[key[len("eval_grad_param/"):]].grad, want, tol=1e-4)
+        net.train()
+        assert net._loss(d["input"]).item() == pytest.approx(expected["network_loss_train"], rel=1e-5)

@@ -1,0 +1,383 @@
+// CPU kernels of the light-enhancement curve; the math is in csrc/common/le_curve.h.
+//
+// s <- s + r_k (s^2 - s), 8 steps, in float32 (float64 for float64 tensors); the backward recomputes
+// the 8 states per element from the inputs. Bytes moved per pixel (3 channels, float32):
+//   le_curve                  reads x, r (27 values), writes the 4- and 8-step images (6):   132 B
+//   le_curve_backward         reads x, r, 1 or 2 output gradients (30-33), writes grad_x, grad_r (27):
+//                             228-240 B
+//   le_curve_shared           reads x, a (6), writes the output (3): 36 B; a low-resolution map is
+//                             sampled bilinearly (align_corners=True) and never written at full size
+//   le_curve_shared_backward  reads x, a, grad (9), writes grad_x, grad_a (6): 60 B (+ the reduction of
+//                             the full-resolution grad_a to a low-resolution map, when a is one)
+// Each element is independent: parallel over runs of elements (at::parallel_for), vectorised with
+// `omp simd` loops that are compiled for AVX-512, AVX2 and baseline x86-64 and chosen at load time
+// (target_clones). float16 / bfloat16 runs are converted to float32 in tiles of kTile elements.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "common/le_curve.h"
+
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__x86_64__) && defined(__linux__)
+#define LOWLIGHT_FAST_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define LOWLIGHT_FAST_CLONES
+#endif
+
+// The loops below must be inlined into each clone to be compiled for its instruction set.
+#if defined(__GNUC__)
+#define LOWLIGHT_FAST_INLINE inline __attribute__((always_inline))
+#else
+#define LOWLIGHT_FAST_INLINE inline
+#endif
+
+#define LOWLIGHT_FAST_SIMD _Pragma("omp simd")
+
+// The float16/bfloat16 tile buffers are filled by Tile::in before use; GCC cannot see that n > 0.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+namespace lowlight_fast {
+namespace le_curve {
+namespace {
+
+constexpr int64_t kTile = 512;      // elements handled together (and converted together for 16-bit types)
+constexpr int64_t kGrain = 16384;   // at least this many elements per parallel task
+
+// ---- vectorised runs of n contiguous elements (float or double) ----
+
+template <typename T>
+LOWLIGHT_FAST_INLINE void forward_run(const T* x, const T* const* r, T* out4, T* out8, int64_t n) {
+  LOWLIGHT_FAST_SIMD
+  for (int64_t i = 0; i < n; ++i) {
+    T rk[kSteps];
+    for (int k = 0; k < kSteps; ++k) rk[k] = r[k][i];
+    T o4, o8;
+    forward(x[i], rk, o4, o8);
+    out4[i] = o4;
+    out8[i] = o8;
+  }
+}
+
+template <typename T>
+LOWLIGHT_FAST_INLINE void backward_run(const T* x, const T* const* r, const T* g4, const T* g8, T* gx, T* const* gr,
+                         int64_t n) {
+  LOWLIGHT_FAST_SIMD
+  for (int64_t i = 0; i < n; ++i) {
+    T rk[kSteps], grk[kSteps];
+    for (int k = 0; k < kSteps; ++k) rk[k] = r[k][i];
+    T g;
+    backward(x[i], rk, g4[i], g8[i], g, grk);
+    gx[i] = g;
+    for (int k = 0; k < kSteps; ++k) gr[k][i] = grk[k];
+  }
+}
+
+template <typename T>
+LOWLIGHT_FAST_INLINE void shared_forward_run(const T* x, const T* a, T* out, int64_t n) {
+  LOWLIGHT_FAST_SIMD
+  for (int64_t i = 0; i < n; ++i) out[i] = forward_shared(x[i], a[i]);
+}
+
+template <typename T>
+LOWLIGHT_FAST_INLINE void shared_backward_run(const T* x, const T* a, const T* g, T* gx, T* ga, int64_t n) {
+  LOWLIGHT_FAST_SIMD
+  for (int64_t i = 0; i < n; ++i) {
+    T dx, da;
+    backward_shared(x[i], a[i], g[i], dx, da);
+    gx[i] = dx;
+    ga[i] = da;
+  }
+}
+
+// float32: one copy per instruction set, chosen at load time; float64: baseline only (gradcheck).
+LOWLIGHT_FAST_CLONES void run(const float* x, const float* const* r, float* o4, float* o8, int64_t n) {
+  forward_run(x, r, o4, o8, n);
+}
+void run(const double* x, const double* const* r, double* o4, double* o8, int64_t n) {
+  forward_run(x, r, o4, o8, n);
+}
+LOWLIGHT_FAST_CLONES void run(const float* x, const float* const* r, const float* g4, const float* g8, float* gx,
+                              float* const* gr, int64_t n) {
+  backward_run(x, r, g4, g8, gx, gr, n);
+}
+void run(const double* x, const double* const* r, const double* g4, const double* g8, double* gx,
+         double* const* gr, int64_t n) {
+  backward_run(x, r, g4, g8, gx, gr, n);
+}
+LOWLIGHT_FAST_CLONES void run(const float* x, const float* a, float* out, int64_t n) {
+  shared_forward_run(x, a, out, n);
+}
+void run(const double* x, const double* a, double* out, int64_t n) { shared_forward_run(x, a, out, n); }
+LOWLIGHT_FAST_CLONES void run(const float* x, const float* a, const float* g, float* gx, float* ga, int64_t n) {
+  shared_backward_run(x, a, g, gx, ga, n);
+}
+void run(const double* x, const double* a, const double* g, double* gx, double* ga, int64_t n) {
+  shared_backward_run(x, a, g, gx, ga, n);
+}
+
+// ---- element types: the math runs in Tile<S>::T; 16-bit types go through float tiles ----
+
+template <typename S>
+struct Tile {
+  using T = std::conditional_t<std::is_same_v<S, double>, double, float>;
+  static constexpr bool kDirect = std::is_same_v<S, T>;
+
+  // A read-only view of n <= kTile elements at p as T (p itself when S is T).
+  static const T* in(const S* p, T* buf, int64_t n) {
+    if constexpr (kDirect) {
+      return p;
+    } else {
+      for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<T>(p[i]);
+      return buf;
+    }
+  }
+  // Where to write n elements destined for p; flush() stores them there.
+  static T* out(S* p, T* buf) {
+    if constexpr (kDirect) {
+      return p;
+    } else {
+      return buf;
+    }
+  }
+  static void flush(S* p, const T* buf, int64_t n) {
+    if constexpr (!kDirect) {
+      for (int64_t i = 0; i < n; ++i) p[i] = static_cast<S>(buf[i]);
+    }
+  }
+  // kTile zeros: the gradient of an output that has none.
+  static const T* zeros() {
+    alignas(64) static const T z[kTile] = {};
+    return z;
+  }
+};
+
+// Calls fn(plane, p, n) on runs [p, p + n) of at most kTile elements within one plane, for all planes.
+template <typename Fn>
+void for_each_run(int64_t planes, int64_t plane_size, const Fn& fn) {
+  at::parallel_for(0, planes * plane_size, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end;) {
+      const int64_t plane = i / plane_size;
+      const int64_t p = i % plane_size;
+      const int64_t n = std::min({kTile, plane_size - p, end - i});
+      fn(plane, p, n);
+      i += n;
+    }
+  });
+}
+
+// Zero-DCE++: calls fn(plane, p, n, a_run) where a_run holds the map at pixels [p, p + n) of the plane
+// as T: read from a when it has the image's size, else sampled from it bilinearly (align_corners=True).
+template <typename S, typename Fn>
+void for_each_map_run(const at::Tensor& a, int64_t planes, int64_t H, int64_t W, const Fn& fn) {
+  using T = typename Tile<S>::T;
+  const S* ap = a.const_data_ptr<S>();
+  const int64_t h = a.size(2), w = a.size(3);
+  if (h == H && w == W) {
+    for_each_run(planes, H * W, [&](int64_t plane, int64_t p, int64_t n) {
+      T buf[kTile];
+      fn(plane, p, n, Tile<S>::in(ap + plane * H * W + p, buf, n));
+    });
+    return;
+  }
+  const T scale_y = align_corners_scale<T>(h, H);
+  const T scale_x = align_corners_scale<T>(w, W);
+  std::vector<LinearTap<T>> cols(W);
+  for (int64_t ox = 0; ox < W; ++ox) cols[ox] = align_corners_tap<T>(ox, w, W, scale_x);
+  const int64_t grain_rows = std::max<int64_t>(1, kGrain / W);
+  at::parallel_for(0, planes * H, grain_rows, [&](int64_t begin, int64_t end) {
+    T buf[kTile];
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t plane = row / H, oy = row % H;
+      const LinearTap<T> ty = align_corners_tap<T>(oy, h, H, scale_y);
+      const S* src = ap + plane * h * w;
+      const auto load = [src](int64_t i) { return static_cast<T>(src[i]); };
+      for (int64_t x0 = 0; x0 < W; x0 += kTile) {
+        const int64_t n = std::min(kTile, W - x0);
+        for (int64_t i = 0; i < n; ++i) buf[i] = bilinear(ty, cols[x0 + i], w, load);
+        fn(plane, oy * W + x0, n, static_cast<const T*>(buf));
+      }
+    }
+  });
+}
+
+// ---- argument checks ----
+
+void check_image(const at::Tensor& t, const char* name, int64_t channels) {
+  TORCH_CHECK(t.dim() == 4, "lowlight_fast.le_curve: ", name, " must be 4-D (B, ", channels, ", H, W), got shape ",
+              t.sizes());
+  TORCH_CHECK(t.size(1) == channels, "lowlight_fast.le_curve: ", name, " must have ", channels,
+              " channels, got shape ", t.sizes());
+  TORCH_CHECK(t.numel() > 0, "lowlight_fast.le_curve: ", name, " is empty (shape ", t.sizes(), ")");
+  TORCH_CHECK(t.device().is_cpu(), "lowlight_fast.le_curve: ", name, " must be a CPU tensor here, got ",
+              t.device());
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "lowlight_fast.le_curve: ", name,
+              " must be float16, bfloat16, float32 or float64, got ", t.scalar_type());
+}
+
+void check_like(const at::Tensor& t, const char* name, const at::Tensor& x, int64_t channels, bool same_size) {
+  check_image(t, name, channels);
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), "lowlight_fast.le_curve: ", name, " has dtype ",
+              t.scalar_type(), " but x has ", x.scalar_type());
+  TORCH_CHECK(t.size(0) == x.size(0), "lowlight_fast.le_curve: ", name, " has batch ", t.size(0), " but x has ",
+              x.size(0));
+  if (same_size) {
+    TORCH_CHECK(t.size(2) == x.size(2) && t.size(3) == x.size(3), "lowlight_fast.le_curve: ", name,
+                " must have the spatial size of x, ", x.size(2), "x", x.size(3), ", got shape ", t.sizes());
+  }
+}
+
+// ---- ops ----
+
+std::tuple<at::Tensor, at::Tensor> le_curve_cpu(const at::Tensor& x_in, const at::Tensor& r_in) {
+  check_image(x_in, "x", kChannels);
+  check_like(r_in, "r", x_in, kSteps * kChannels, true);
+  const at::Tensor x = x_in.contiguous(), r = r_in.contiguous();
+  at::Tensor out4 = at::empty_like(x), out8 = at::empty_like(x);
+  const int64_t HW = x.size(2) * x.size(3);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "le_curve_cpu", [&] {
+    using IO = Tile<scalar_t>;
+    using T = typename IO::T;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* rp = r.const_data_ptr<scalar_t>();
+    scalar_t* o4p = out4.mutable_data_ptr<scalar_t>();
+    scalar_t* o8p = out8.mutable_data_ptr<scalar_t>();
+    for_each_run(x.size(0) * kChannels, HW, [&](int64_t plane, int64_t p, int64_t n) {
+      const int64_t b = plane / kChannels, c = plane % kChannels;
+      T xb[kTile], rb[kSteps][kTile], o4b[kTile], o8b[kTile];
+      const T* rt[kSteps];
+      for (int k = 0; k < kSteps; ++k) rt[k] = IO::in(rp + ((b * kSteps + k) * kChannels + c) * HW + p, rb[k], n);
+      const int64_t off = plane * HW + p;
+      T* o4 = IO::out(o4p + off, o4b);
+      T* o8 = IO::out(o8p + off, o8b);
+      run(IO::in(xp + off, xb, n), rt, o4, o8, n);
+      IO::flush(o4p + off, o4, n);
+      IO::flush(o8p + off, o8, n);
+    });
+  });
+  return {out4, out8};
+}
+
+std::tuple<at::Tensor, at::Tensor> le_curve_backward_cpu(const at::Tensor& x_in, const at::Tensor& r_in,
+                                                         const std::optional<at::Tensor>& grad4_in,
+                                                         const std::optional<at::Tensor>& grad8_in) {
+  check_image(x_in, "x", kChannels);
+  check_like(r_in, "r", x_in, kSteps * kChannels, true);
+  const bool has4 = grad4_in.has_value() && grad4_in->defined();
+  const bool has8 = grad8_in.has_value() && grad8_in->defined();
+  if (has4) check_like(*grad4_in, "grad_after4", x_in, kChannels, true);
+  if (has8) check_like(*grad8_in, "grad_after8", x_in, kChannels, true);
+  if (!has4 && !has8) return {at::zeros_like(x_in), at::zeros_like(r_in)};
+  const at::Tensor x = x_in.contiguous(), r = r_in.contiguous();
+  const at::Tensor g4 = has4 ? grad4_in->contiguous() : at::Tensor();
+  const at::Tensor g8 = has8 ? grad8_in->contiguous() : at::Tensor();
+  at::Tensor grad_x = at::empty_like(x), grad_r = at::empty_like(r);
+  const int64_t HW = x.size(2) * x.size(3);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "le_curve_backward_cpu", [&] {
+    using IO = Tile<scalar_t>;
+    using T = typename IO::T;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* rp = r.const_data_ptr<scalar_t>();
+    const scalar_t* g4p = has4 ? g4.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* g8p = has8 ? g8.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* gxp = grad_x.mutable_data_ptr<scalar_t>();
+    scalar_t* grp = grad_r.mutable_data_ptr<scalar_t>();
+    for_each_run(x.size(0) * kChannels, HW, [&](int64_t plane, int64_t p, int64_t n) {
+      const int64_t b = plane / kChannels, c = plane % kChannels;
+      T xb[kTile], rb[kSteps][kTile], g4b[kTile], g8b[kTile], gxb[kTile], grb[kSteps][kTile];
+      const T* rt[kSteps];
+      T* grt[kSteps];
+      for (int k = 0; k < kSteps; ++k) {
+        const int64_t roff = ((b * kSteps + k) * kChannels + c) * HW + p;
+        rt[k] = IO::in(rp + roff, rb[k], n);
+        grt[k] = IO::out(grp + roff, grb[k]);
+      }
+      const int64_t off = plane * HW + p;
+      const T* g4t = has4 ? IO::in(g4p + off, g4b, n) : IO::zeros();
+      const T* g8t = has8 ? IO::in(g8p + off, g8b, n) : IO::zeros();
+      T* gx = IO::out(gxp + off, gxb);
+      run(IO::in(xp + off, xb, n), rt, g4t, g8t, gx, grt, n);
+      IO::flush(gxp + off, gx, n);
+      for (int k = 0; k < kSteps; ++k) IO::flush(grp + ((b * kSteps + k) * kChannels + c) * HW + p, grt[k], n);
+    });
+  });
+  return {grad_x, grad_r};
+}
+
+at::Tensor le_curve_shared_cpu(const at::Tensor& x_in, const at::Tensor& a_in) {
+  check_image(x_in, "x", kChannels);
+  check_like(a_in, "a", x_in, kChannels, false);
+  const at::Tensor x = x_in.contiguous(), a = a_in.contiguous();
+  at::Tensor out = at::empty_like(x);
+  const int64_t H = x.size(2), W = x.size(3);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "le_curve_shared_cpu", [&] {
+    using IO = Tile<scalar_t>;
+    using T = typename IO::T;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    for_each_map_run<scalar_t>(a, x.size(0) * kChannels, H, W, [&](int64_t plane, int64_t p, int64_t n,
+                                                                   const T* amap) {
+      T xb[kTile], ob[kTile];
+      const int64_t off = plane * H * W + p;
+      T* o = IO::out(op + off, ob);
+      run(IO::in(xp + off, xb, n), amap, o, n);
+      IO::flush(op + off, o, n);
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> le_curve_shared_backward_cpu(const at::Tensor& x_in, const at::Tensor& a_in,
+                                                                const at::Tensor& grad_in) {
+  check_image(x_in, "x", kChannels);
+  check_like(a_in, "a", x_in, kChannels, false);
+  check_like(grad_in, "grad_out", x_in, kChannels, true);
+  const at::Tensor x = x_in.contiguous(), a = a_in.contiguous(), g = grad_in.contiguous();
+  const int64_t B = x.size(0), H = x.size(2), W = x.size(3);
+  const bool full = a.size(2) == H && a.size(3) == W;
+  // grad_a at full resolution: in a's dtype when it is the answer, else in the math type until reduced.
+  const at::ScalarType math_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor grad_x = at::empty_like(x);
+  at::Tensor grad_a_full = full ? at::empty_like(x) : at::empty(x.sizes(), x.options().dtype(math_type));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "le_curve_shared_backward_cpu", [&] {
+    using IO = Tile<scalar_t>;
+    using T = typename IO::T;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    scalar_t* gxp = grad_x.mutable_data_ptr<scalar_t>();
+    scalar_t* gap = full ? grad_a_full.mutable_data_ptr<scalar_t>() : nullptr;
+    T* gap_math = full ? nullptr : grad_a_full.mutable_data_ptr<T>();
+    for_each_map_run<scalar_t>(a, B * kChannels, H, W, [&](int64_t plane, int64_t p, int64_t n, const T* amap) {
+      T xb[kTile], gb[kTile], gxb[kTile], gab[kTile];
+      const int64_t off = plane * H * W + p;
+      T* gx = IO::out(gxp + off, gxb);
+      T* ga = full ? IO::out(gap + off, gab) : gap_math + off;
+      run(IO::in(xp + off, xb, n), amap, IO::in(gp + off, gb, n), gx, ga, n);
+      IO::flush(gxp + off, gx, n);
+      if (full) IO::flush(gap + off, ga, n);
+    });
+  });
+  if (full) return {grad_x, grad_a_full};
+  // The adjoint of the bilinear upsampling (deterministic on CPU: one thread per plane).
+  at::Tensor grad_a = at::upsample_bilinear2d_backward(grad_a_full, {H, W}, a.sizes(), /*align_corners=*/true,
+                                                       std::nullopt, std::nullopt);
+  return {grad_x, grad_a.to(a.scalar_type())};
+}
+
+}  // namespace
+}  // namespace le_curve
+}  // namespace lowlight_fast
+
+TORCH_LIBRARY_IMPL(lowlight_fast, CPU, m) {
+  using namespace lowlight_fast::le_curve;
+  m.impl("le_curve", &le_curve_cpu);
+  m.impl("le_curve_backward", &le_curve_backward_cpu);
+  m.impl("le_curve_shared", &le_curve_shared_cpu);
+  m.impl("le_curve_shared_backward", &le_curve_shared_backward_cpu);
+}

@@ -1,0 +1,193 @@
+"""The light-enhancement curve of Zero-DCE and Zero-DCE++ as one fused pass, forward and backward.
+
+``le_curve(x, r)``: Zero-DCE, 8 maps (r has 24 channels); returns the images after 4 and 8 steps.
+``le_curve_shared(x, a)``: Zero-DCE++, one 3-channel map for the 8 steps, at the image's size or
+smaller (then upsampled bilinearly with align_corners=True inside the kernel, never materialised).
+
+Both keep nothing for the backward but their inputs: the backward recomputes the 8 states.
+Implementations (``lowlight_fast.backend``): ``cpp`` = ``torch.ops.lowlight_fast.le_curve*`` (C++ CPU
+kernels, csrc/cpu/le_curve.cpp), ``triton`` = ``torch.ops.lowlight_fast.le_curve*_triton`` (defined
+here, kernels in lowlight_fast/ops/triton/le_curve.py; CUDA, or CPU under TRITON_INTERPRET=1),
+``reference`` = lowlight_fast.reference.curve. All are custom ops with fake implementations and
+autograd, so they work under torch.compile(fullgraph=True).
+"""
+from __future__ import annotations
+
+import torch
+
+from lowlight_fast import _ext, _validate, backend
+from lowlight_fast.reference import curve as reference
+from lowlight_fast.reference.curve import upsample_map
+
+__all__ = ["le_curve", "le_curve_shared", "upsample_map"]
+
+STEPS = 8
+MAP_CHANNELS = 3 * STEPS
+
+
+# ---- public API ----
+
+
+def le_curve(x: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-DCE's curve: ``x <- x + r_k (x^2 - x)`` for k = 1..8.
+
+    x: (B, 3, H, W) image; r: (B, 24, H, W), map k in channels 3k..3k+2; same dtype and device.
+    Returns ``(image after 4 steps, image after 8 steps)``, like the original model.
+    """
+    _check(x, r, "r", MAP_CHANNELS, same_size=True)
+    impl = _select(x)
+    if impl == "reference":
+        return reference.le_curve(x, r)
+    if impl == "cpp":
+        return torch.ops.lowlight_fast.le_curve(x, r)
+    return torch.ops.lowlight_fast.le_curve_triton(x, r)
+
+
+def le_curve_shared(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Zero-DCE++'s curve: ``x <- x + a (x^2 - x)`` 8 times with one map ``a``; returns the result.
+
+    x: (B, 3, H, W); a: (B, 3, h, w). When (h, w) != (H, W), ``a`` is upsampled bilinearly with
+    align_corners=True (Zero-DCE++'s UpsamplingBilinear2d) inside the kernel.
+    """
+    _check(x, a, "a", 3, same_size=False)
+    impl = _select(x)
+    if impl == "reference":
+        return reference.le_curve_shared(x, a)
+    if impl == "cpp":
+        return torch.ops.lowlight_fast.le_curve_shared(x, a)
+    return torch.ops.lowlight_fast.le_curve_shared_triton(x, a)
+
+
+def _check(x: torch.Tensor, m: torch.Tensor, name: str, channels: int, *, same_size: bool) -> None:
+    _validate.check_image(x, "x")
+    _validate.check_image(m, name, channels=channels)
+    _validate.check_same_device(x=x, **{name: m})
+    _validate.check_same_dtype(x=x, **{name: m})
+    if m.shape[0] != x.shape[0]:
+        raise ValueError(f"{name}: expected batch size {x.shape[0]} like x, got shape {tuple(m.shape)}")
+    if same_size and m.shape[-2:] != x.shape[-2:]:
+        raise ValueError(
+            f"{name}: expected the spatial size of x, {x.shape[-2]}x{x.shape[-1]}, got shape {tuple(m.shape)}"
+        )
+
+
+def _select(x: torch.Tensor) -> str:
+    impl = backend.select("le_curve", x.device, has_triton=True)
+    if impl == "cpp" and x.device.type != "cpu":  # this op's compiled kernels are CPU only; Triton is the GPU path
+        if backend.requested() == "cpp":
+            raise RuntimeError(
+                f"le_curve: no compiled C++ kernel for {x.device.type} tensors; use the triton backend there"
+            )
+        return "reference"
+    return impl
+
+
+# ---- the Triton implementation as custom ops (kernels imported on first use) ----
+
+
+def _triton():
+    from lowlight_fast.ops.triton import le_curve as kernels
+
+    return kernels
+
+
+@torch.library.custom_op("lowlight_fast::le_curve_triton", mutates_args=())
+def le_curve_triton(x: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _triton().le_curve(x, r)
+
+
+@torch.library.custom_op("lowlight_fast::le_curve_triton_backward", mutates_args=())
+def le_curve_triton_backward(
+    x: torch.Tensor, r: torch.Tensor, grad_after4: torch.Tensor | None, grad_after8: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _triton().le_curve_backward(x, r, grad_after4, grad_after8)
+
+
+@torch.library.custom_op("lowlight_fast::le_curve_shared_triton", mutates_args=())
+def le_curve_shared_triton(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    return _triton().le_curve_shared(x, a)
+
+
+@torch.library.custom_op("lowlight_fast::le_curve_shared_triton_backward", mutates_args=())
+def le_curve_shared_triton_backward(
+    x: torch.Tensor, a: torch.Tensor, grad_out: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _triton().le_curve_shared_backward(x, a, grad_out)
+
+
+# ---- fake (shape) implementations, autograd: the same for the C++ and the Triton ops ----
+
+
+def _fake_curve(x, r):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(
+        x, memory_format=torch.contiguous_format
+    )
+
+
+def _fake_curve_backward(x, r, grad_after4, grad_after8):
+    if grad_after4 is None and grad_after8 is None:
+        return torch.zeros_like(x), torch.zeros_like(r)
+    return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(
+        r, memory_format=torch.contiguous_format
+    )
+
+
+def _fake_shared(x, a):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _fake_shared_backward(x, a, grad_out):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(
+        a, memory_format=torch.contiguous_format
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)  # only the inputs: the backward recomputes the states
+    ctx.set_materialize_grads(False)
+
+
+def _curve_autograd(backward_op):
+    def backward(ctx, grad_after4, grad_after8):
+        if grad_after4 is None and grad_after8 is None:
+            return None, None
+        x, r = ctx.saved_tensors
+        return backward_op(x, r, grad_after4, grad_after8)
+
+    return backward
+
+
+def _shared_autograd(backward_op):
+    def backward(ctx, grad_out):
+        if grad_out is None:
+            return None, None
+        x, a = ctx.saved_tensors
+        return backward_op(x, a, grad_out)
+
+    return backward
+
+
+def _register(ns_name: str, fake, backward, fake_backward, backward_name: str) -> None:
+    torch.library.register_fake(f"lowlight_fast::{ns_name}", fake)
+    torch.library.register_fake(f"lowlight_fast::{backward_name}", fake_backward)
+    torch.library.register_autograd(f"lowlight_fast::{ns_name}", backward, setup_context=_setup_context)
+
+
+_register(
+    "le_curve_triton", _fake_curve, _curve_autograd(torch.ops.lowlight_fast.le_curve_triton_backward),
+    _fake_curve_backward, "le_curve_triton_backward",
+)
+_register(
+    "le_curve_shared_triton", _fake_shared,
+    _shared_autograd(torch.ops.lowlight_fast.le_curve_shared_triton_backward),
+    _fake_shared_backward, "le_curve_shared_triton_backward",
+)
+if _ext.has_op("le_curve"):
+    _register(
+        "le_curve", _fake_curve, _curve_autograd(torch.ops.lowlight_fast.le_curve_backward),
+        _fake_curve_backward, "le_curve_backward",
+    )
+    _register(
+        "le_curve_shared", _fake_shared, _shared_autograd(torch.ops.lowlight_fast.le_curve_shared_backward),
+        _fake_shared_backward, "le_curve_shared_backward",
+    )
