@@ -38,8 +38,10 @@ constexpr int kPeriod = 48;          // a multiple of 3 and of every vector widt
 
 #if defined(__GNUC__)
 #define SL_ALWAYS_INLINE inline __attribute__((always_inline))
+#define SL_PREFETCH(ptr, rw) __builtin_prefetch((ptr), (rw))
 #else
 #define SL_ALWAYS_INLINE inline
+#define SL_PREFETCH(ptr, rw) ((void)(ptr))
 #endif
 
 // SCI's faithful rgb2yCbCr as a 5-tap filter over the flat memory with coefficients periodic in 3:
@@ -210,10 +212,10 @@ SL_ALWAYS_INLINE void prefetch_row(const RowTask<acc_t>& t, int64_t row, bool wi
   for (int ch = 0; ch < 3; ++ch) {
     const int64_t off = ch * hw + row * w;
     for (int64_t x = 0; x < w; x += line) {
-      __builtin_prefetch(t.o + off + x);
+      SL_PREFETCH(t.o + off + x, 0);
       if (with_grad) {
-        __builtin_prefetch(t.go + off + x, 1);
-        __builtin_prefetch(t.gy + off + x, 1);
+        SL_PREFETCH(t.go + off + x, 1);
+        SL_PREFETCH(t.gy + off + x, 1);
       }
     }
   }
