@@ -5,6 +5,8 @@ Timing (pytest-benchmark, one group per shape):
         --benchmark-columns=min,median,mean,rounds
 Peak memory (a fresh subprocess per case, extra peak RSS over the inputs):
     PYTHONPATH=$PWD python benchmarks/bench_smooth_loss.py --memory
+CPU time of one thread (process time, so other jobs on the machine distort it less than wall time):
+    PYTHONPATH=$PWD python benchmarks/bench_smooth_loss.py --cpu-time
 
 Both arguments require gradients (in SCI training the image of stages 2 and 3 comes from the
 calibration network). The eager reference at 2160x3840 takes tens of seconds per round: it runs once.
@@ -112,8 +114,34 @@ def measure_memory() -> None:
             print(f"| {'x'.join(map(str, shape))} | {impl} | {extra:.0f} | {extra / map_mib:.1f} |")
 
 
+# --- CPU time with one thread (robust to other jobs on a shared machine) ------------------------------
+
+
+def measure_cpu_time() -> None:
+    import time
+
+    torch.set_num_threads(1)
+    print("| shape | implementation | CPU time per fwd+bwd, 1 thread (ms, min) | rounds |")
+    print("|---|---|---|---|")
+    for shape in SHAPES:
+        for impl in IMPLS:
+            x, o = _inputs(shape)
+            fn = _loss_fn(impl)
+            rounds = _rounds(impl, shape)
+            with use_backend("cpp" if impl == "ours" else "reference"):
+                _step(fn, x, o)
+                best = float("inf")
+                for _ in range(rounds):
+                    start = time.process_time()
+                    _step(fn, x, o)
+                    best = min(best, time.process_time() - start)
+            print(f"| {'x'.join(map(str, shape))} | {impl} | {best * 1e3:.1f} | {rounds} |", flush=True)
+
+
 if __name__ == "__main__":
     if "--memory" in sys.argv:
         measure_memory()
+    elif "--cpu-time" in sys.argv:
+        measure_cpu_time()
     else:
         print(__doc__)

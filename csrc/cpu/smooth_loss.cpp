@@ -38,8 +38,10 @@ constexpr int kPeriod = 48;          // a multiple of 3 and of every vector widt
 
 #if defined(__GNUC__)
 #define SL_ALWAYS_INLINE inline __attribute__((always_inline))
+#define SL_PREFETCH(ptr, rw) __builtin_prefetch((ptr), (rw))
 #else
 #define SL_ALWAYS_INLINE inline
+#define SL_PREFETCH(ptr, rw) ((void)(ptr))
 #endif
 
 // SCI's faithful rgb2yCbCr as a 5-tap filter over the flat memory with coefficients periodic in 3:
@@ -98,19 +100,19 @@ SL_ALWAYS_INLINE void convert_rows(const RowTask<acc_t>& t) {
   const FaithfulTables<acc_t>& tb = *t.faithful;
   for (int c = 0; c < 3; ++c) {
     const int64_t f0 = c * hw + first, f1 = f0 + n;  // flat range of this plane's rows
-    acc_t* __restrict__ out = t.y + c * n - f0;       // out[f] for f in [f0, f1)
-    // the first and last conversion rows of the image would read outside it: scalar
-    const int64_t v0 = std::max<int64_t>(f0, 3), v1 = std::min<int64_t>(f1, 3 * hw - 3);
-    for (int64_t f = f0; f < f1; ++f) {
-      if (f >= v0 && f < v1) {
-        f = v1 - 1;
-        continue;
+    acc_t* __restrict__ out = t.y + c * n;             // out[f - f0]
+    // The first and last conversion rows of the image would read outside it: scalar there.
+    const int64_t v0 = std::min(f1, std::max<int64_t>(f0, 3)), v1 = std::max(v0, std::min<int64_t>(f1, 3 * hw - 3));
+    const auto scalar = [&](int64_t from, int64_t to) {
+      for (int64_t f = from; f < to; ++f) {
+        const int64_t base = f - f % 3;
+        const int j = static_cast<int>(f % 3);
+        out[f - f0] = t.in[base] * ycbcr_m<acc_t>(0, j) + t.in[base + 1] * ycbcr_m<acc_t>(1, j) +
+                      t.in[base + 2] * ycbcr_m<acc_t>(2, j) + ycbcr_bias<acc_t>(j);
       }
-      const int64_t base = f - f % 3;
-      const int j = static_cast<int>(f % 3);
-      out[f] = t.in[base] * ycbcr_m<acc_t>(0, j) + t.in[base + 1] * ycbcr_m<acc_t>(1, j) +
-               t.in[base + 2] * ycbcr_m<acc_t>(2, j) + ycbcr_bias<acc_t>(j);
-    }
+    };
+    scalar(f0, v0);
+    scalar(v1, f1);
     const int ph = static_cast<int>(v0 % 3);
     const acc_t* __restrict__ k0 = tb.tap[0] + ph;
     const acc_t* __restrict__ k1 = tb.tap[1] + ph;
@@ -121,7 +123,7 @@ SL_ALWAYS_INLINE void convert_rows(const RowTask<acc_t>& t) {
     for (int64_t blk = v0; blk < v1; blk += kPeriod) {
       const int64_t len = std::min<int64_t>(kPeriod, v1 - blk);
       const acc_t* __restrict__ src = t.in + blk;
-      acc_t* __restrict__ dst = out + blk;
+      acc_t* __restrict__ dst = out + (blk - f0);
 #pragma omp simd
       for (int64_t i = 0; i < len; ++i) {
         dst[i] = k0[i] * src[i - 2] + k1[i] * src[i - 1] + k2[i] * src[i] + k3[i] * src[i + 1] + k4[i] * src[i + 2] +
@@ -210,10 +212,10 @@ SL_ALWAYS_INLINE void prefetch_row(const RowTask<acc_t>& t, int64_t row, bool wi
   for (int ch = 0; ch < 3; ++ch) {
     const int64_t off = ch * hw + row * w;
     for (int64_t x = 0; x < w; x += line) {
-      __builtin_prefetch(t.o + off + x);
+      SL_PREFETCH(t.o + off + x, 0);
       if (with_grad) {
-        __builtin_prefetch(t.go + off + x, 1);
-        __builtin_prefetch(t.gy + off + x, 1);
+        SL_PREFETCH(t.go + off + x, 1);
+        SL_PREFETCH(t.gy + off + x, 1);
       }
     }
   }

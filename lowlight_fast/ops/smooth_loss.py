@@ -70,9 +70,12 @@ if _ext.has_op(_OP):
     def _setup_with_grad(ctx, inputs, output):
         _, grad_input, grad_output = output
         ctx.mark_non_differentiable(grad_input, grad_output)
+        ctx.set_materialize_grads(False)  # no full-size zero maps for the two gradient outputs
         ctx.save_for_backward(grad_input, grad_output)
 
     def _backward_with_grad(ctx, grad, _unused_gi, _unused_go):
+        if grad is None:
+            return None, None, None, None
         grad_input, grad_output = ctx.saved_tensors
         return grad * grad_input, grad * grad_output, None, None
 
