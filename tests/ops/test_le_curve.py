@@ -32,6 +32,8 @@ def _backends(device: str) -> list[str]:
 def backend(request, device):
     if request.param not in _backends(device):
         pytest.skip(f"{request.param} is not a {device} path of le_curve")
+    if request.param == "triton" and device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1 (conftest sets it unless testing on cuda)")
     if request.param == "cpp" and not _ext.has_op("le_curve"):
         pytest.fail("lowlight_fast._C is not built (scripts/setup.sh builds it)")
     with lowlight_fast.use_backend(request.param):
