@@ -60,7 +60,7 @@ class IlluminationSmoothnessLoss(nn.Module):
         self.TVLoss_weight = TVLoss_weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.TVLoss_weight * _tv_loss(x)
+        return _tv_loss(x, self.TVLoss_weight)
 
 
 class SaturationLoss(nn.Module):

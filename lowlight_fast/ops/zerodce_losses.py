@@ -150,7 +150,7 @@ def zerodce_loss_terms(
     check_loss_inputs(low, enhanced, curve_maps, exp_patch)
     pooled_enhanced, pooled_low, means = pooled_stats(enhanced, low)
     return {
-        "tv": tv_weight * tv_loss(curve_maps),
+        "tv": tv_loss(curve_maps, tv_weight),
         "spa": torch.mean(spatial_from_pooled(pooled_enhanced, pooled_low)),
         "col": reference.COLOR_WEIGHT * torch.mean(color_from_means(means)),
         "exp": reference.EXP_WEIGHT * exposure_from_pooled(pooled_enhanced, exp_patch, exp_mean),
