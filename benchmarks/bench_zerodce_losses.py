@@ -54,12 +54,8 @@ def _ours_total(low, enhanced, curves):
 
 
 def _ours_pooled(low, enhanced, curves):
-    pooled_enhanced, pooled_low, means = fused.pooled_stats(enhanced, low)
-    return (
-        torch.mean(fused.spatial_from_pooled(pooled_enhanced, pooled_low))
-        + ref.COLOR_WEIGHT * torch.mean(fused.color_from_means(means))
-        + ref.EXP_WEIGHT * fused.exposure_from_pooled(pooled_enhanced, ref.EXP_PATCH, ref.EXP_MEAN)
-    )
+    spa, col, exp = fused.pooled_losses(*fused.pooled_stats(enhanced, low))
+    return spa + ref.COLOR_WEIGHT * col + ref.EXP_WEIGHT * exp
 
 
 def _ours_tv(low, enhanced, curves):
