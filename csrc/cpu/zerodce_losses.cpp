@@ -23,6 +23,26 @@ using pooled::kCell;
 using pooled::kChannels;
 using pooled::kPool;
 
+// Serial conversions: at::Tensor::to would start a parallel region per small tensor.
+std::vector<double> to_double(const at::Tensor& t) {
+  std::vector<double> out(t.numel());
+  const at::Tensor c = t.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.scalar_type(), "to_double", [&] {
+    const scalar_t* p = c.const_data_ptr<scalar_t>();
+    for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<double>(p[i]);
+  });
+  return out;
+}
+
+at::Tensor from_double(const std::vector<double>& v, at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor out = at::empty(sizes, options);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "from_double", [&] {
+    scalar_t* q = out.mutable_data_ptr<scalar_t>();
+    for (size_t i = 0; i < v.size(); ++i) q[i] = static_cast<scalar_t>(v[i]);
+  });
+  return out;
+}
+
 void check_image(const at::Tensor& t, const char* fn, const char* name) {
   TORCH_CHECK(t.dim() == 4, fn, ": ", name, " must be a 4-D tensor (B, 3, H, W), got ", t.dim(), "-D with shape ",
               t.sizes());
@@ -116,16 +136,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> zerodce_pooled_cpu(const at::Tens
       }
     });
   });
-  at::Tensor channel_sums = at::empty({B, kChannels}, enhanced.options().dtype(at::kDouble));
-  double* s = channel_sums.data_ptr<double>();
+  std::vector<double> means(B * kChannels);
   for (int64_t b = 0; b < B; ++b) {
     for (int c = 0; c < kChannels; ++c) {
       double acc = 0.0;
       for (int64_t g = 0; g < groups; ++g) acc += partial[(b * groups + g) * kChannels + c];
-      s[b * kChannels + c] = acc / static_cast<double>(H * W);
+      means[b * kChannels + c] = acc / static_cast<double>(H * W);
     }
   }
-  return {pooled_enhanced, pooled_low, channel_sums.to(enhanced.scalar_type())};
+  return {pooled_enhanced, pooled_low, from_double(means, {B, kChannels}, enhanced.options())};
 }
 
 void check_grad(const at::Tensor& g, const at::Tensor& like, at::IntArrayRef shape, const char* name) {
@@ -225,11 +244,6 @@ PooledMaps check_pooled(const at::Tensor& pe, const at::Tensor& pl, const at::Te
   TORCH_CHECK(pe.size(2) >= p && pe.size(3) >= p, fn, ": the images must be at least ", exp_patch, "x", exp_patch,
               " pixels for the exposure pool, got pooled maps of ", pe.size(2), "x", pe.size(3));
   return {pe.size(0), pe.size(2), pe.size(3)};
-}
-
-std::vector<double> to_double(const at::Tensor& t) {
-  const at::Tensor d = t.to(at::kDouble).contiguous();
-  return std::vector<double>(d.const_data_ptr<double>(), d.const_data_ptr<double>() + d.numel());
 }
 
 // q[b,i,j] = pooled_enhanced - pooled_low; visits the 4 neighbours of (i, j) (0 outside the map).
@@ -343,12 +357,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> zerodce_pooled_losses_backward_cp
     gm[1] = -s_rg * 2.0 * (mb[0] - mb[1]) - s_gb * 2.0 * (mb[2] - mb[1]);
     gm[2] = -s_rb * 2.0 * (mb[0] - mb[2]) + s_gb * 2.0 * (mb[2] - mb[1]);
   }
-  const auto dbl = at::TensorOptions().dtype(at::kDouble);
-  const auto dtype = pooled_enhanced.scalar_type();
-  // copy=true: the vectors die here, and .to(kDouble) of a double tensor would otherwise alias them
-  return {at::from_blob(g_pe.data(), pooled_enhanced.sizes(), dbl).to(dtype, false, true),
-          at::from_blob(g_pl.data(), pooled_enhanced.sizes(), dbl).to(dtype, false, true),
-          at::from_blob(g_m.data(), channel_means.sizes(), dbl).to(dtype, false, true)};
+  const auto options = pooled_enhanced.options();
+  return {from_double(g_pe, pooled_enhanced.sizes(), options), from_double(g_pl, pooled_enhanced.sizes(), options),
+          from_double(g_m, channel_means.sizes(), options)};
 }
 
 }  // namespace
