@@ -23,19 +23,17 @@ OP = "zerodce_pooled"
 LOSSES_OP = "zerodce_pooled_losses"
 POOL = reference.SPA_POOL
 
-if backend.triton_available():
-    from lowlight_fast.ops.triton import zerodce_losses as _triton
-else:  # pragma: no cover - triton is a test dependency
-    _triton = None
 
-
+# fake (meta) implementations and autograd wiring, shared with the Triton ops (so defined before them)
 def pooled_fake(enhanced, low):
     batch, _, height, width = enhanced.shape
     pooled = (batch, 1, height // POOL, width // POOL)
     return enhanced.new_empty(pooled), enhanced.new_empty(pooled), enhanced.new_empty((batch, 3))
 
 
-def pooled_backward_fake(grad_pooled_enhanced, grad_pooled_low, grad_channel_means, enhanced, low_requires_grad):
+def pooled_backward_fake(
+    grad_pooled_enhanced, grad_pooled_low, grad_channel_means, enhanced, low_requires_grad
+):
     shape = tuple(enhanced.shape)
     return enhanced.new_empty(shape), enhanced.new_empty(shape if low_requires_grad else (0,))
 
@@ -56,6 +54,12 @@ def make_backward(backward_op):
     return _backward
 
 
+if backend.triton_available():
+    from lowlight_fast.ops.triton import zerodce_losses as _triton
+else:  # pragma: no cover - triton is a test dependency
+    _triton = None
+
+
 if _ext.has_op(OP):
     torch.library.register_fake("lowlight_fast::zerodce_pooled")(pooled_fake)
     torch.library.register_fake("lowlight_fast::zerodce_pooled_backward")(pooled_backward_fake)
@@ -73,8 +77,9 @@ if _ext.has_op(LOSSES_OP):
         return pooled_enhanced.new_empty(()), pooled_enhanced.new_empty(()), pooled_enhanced.new_empty(())
 
     @torch.library.register_fake("lowlight_fast::zerodce_pooled_losses_backward")
-    def _losses_backward_fake(grad_spa, grad_col, grad_exp, pooled_enhanced, pooled_low, channel_means, exp_patch,
-                              exp_mean):
+    def _losses_backward_fake(
+        grad_spa, grad_col, grad_exp, pooled_enhanced, pooled_low, channel_means, exp_patch, exp_mean
+    ):
         return (
             pooled_enhanced.new_empty(pooled_enhanced.shape),
             pooled_enhanced.new_empty(pooled_enhanced.shape),
@@ -187,7 +192,8 @@ def zerodce_loss_terms(
     :func:`lowlight_fast.reference.zerodce_losses.zerodce_loss_terms`)."""
     check_loss_inputs(low, enhanced, curve_maps, exp_patch)
     which = _backend_for(enhanced)
-    spa, col, exp = pooled_losses(*_run_pooled(which, enhanced, low), exp_patch, exp_mean, use_cpp=which == "cpp")
+    stats = _run_pooled(which, enhanced, low)
+    spa, col, exp = pooled_losses(*stats, exp_patch, exp_mean, use_cpp=which == "cpp")
     return {
         "tv": tv_loss(curve_maps, tv_weight),
         "spa": spa,

@@ -110,7 +110,9 @@ def test_gradcheck_triton(device):
     curves = _curves((1, 3, 17, 19), 3, device)
     with use_backend("triton"):
         assert torch.autograd.gradcheck(
-            lambda e, lo, c: zl.zerodce_loss(lo, e, c, ref.ZERODCEPP_TV_WEIGHT), (enhanced, low, curves), fast_mode=True
+            lambda e, lo, c: zl.zerodce_loss(lo, e, c, ref.ZERODCEPP_TV_WEIGHT),
+            (enhanced, low, curves),
+            fast_mode=True,
         )
 
 
@@ -120,7 +122,11 @@ def test_opcheck(backend, device):
     enhanced, low = _images((2, 3, 9, 14), device, torch.float32)
     torch.library.opcheck(forward, (enhanced, low))
     pooled = (2, 1, 2, 3)
-    grads = (torch.randn(pooled, device=device), torch.randn(pooled, device=device), torch.randn(2, 3, device=device))
+    grads = (
+        torch.randn(pooled, device=device),
+        torch.randn(pooled, device=device),
+        torch.randn(2, 3, device=device),
+    )
     for low_requires_grad in (True, False):
         torch.library.opcheck(backward, (*grads, enhanced.detach(), low_requires_grad))
 
@@ -257,7 +263,9 @@ def _pooled_inputs(shape):
     return pe, pl, means
 
 
-@pytest.mark.parametrize("shape,patch", [((2, 1, 5, 7), 16), ((3, 1, 9, 4), 8), ((1, 1, 4, 4), 16), ((2, 1, 13, 10), 4)])
+@pytest.mark.parametrize(
+    "shape,patch", [((2, 1, 5, 7), 16), ((3, 1, 9, 4), 8), ((1, 1, 4, 4), 16), ((2, 1, 13, 10), 4)]
+)
 def test_pooled_losses_cpp_match_torch(shape, patch):
     if not _ext.has_op("zerodce_pooled_losses"):
         pytest.fail("lowlight_fast._C was not built with zerodce_pooled_losses")
@@ -280,7 +288,8 @@ def test_pooled_losses_gradcheck_and_opcheck():
     torch.library.opcheck(op, (pe, pl, means, 8, 0.6))
     g = [torch.tensor(v, dtype=torch.float64) for v in (0.3, 1.7, -0.4)]
     torch.library.opcheck(
-        torch.ops.lowlight_fast.zerodce_pooled_losses_backward, (*g, pe.detach(), pl.detach(), means.detach(), 8, 0.6)
+        torch.ops.lowlight_fast.zerodce_pooled_losses_backward,
+        (*g, pe.detach(), pl.detach(), means.detach(), 8, 0.6),
     )
 
 
