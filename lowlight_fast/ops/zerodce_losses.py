@@ -6,9 +6,13 @@ and the channel means of ``enhanced``, (B, 3) (AvgPool2d floor semantics: rows a
 last whole cell are left out of the pools, never out of the channel means). Its backward writes
 d enhanced (and d low when that is needed) in one pass. Everything after it works on maps 16x smaller
 than one channel: L_spa's zero-padded neighbour differences, the 16x16 exposure pool (the 4x4 average
-of the 4x4 pool: floor(floor(H/4)/4) = floor(H/16)), L_color from the channel means.
+of the 4x4 pool: floor(floor(H/4)/4) = floor(H/16)), L_color from the channel means. On the CPU that
+part is one serial C++ op, ``zerodce_pooled_losses`` (with its backward); elsewhere a few PyTorch ops.
 
 Backends: C++ (CPU), Triton (CUDA, or CPU under TRITON_INTERPRET=1), reference (plain PyTorch).
+
+One deliberate difference: where an image's three channel means are exactly equal, L_color is
+sqrt(0) and the original's gradient is NaN; the C++ op gives 0 there (the PyTorch path keeps the NaN).
 """
 from __future__ import annotations
 
