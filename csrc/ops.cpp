@@ -27,6 +27,8 @@ TORCH_LIBRARY(lowlight_fast, m) {
   m.def("tv_loss_backward(Tensor grad, Tensor x) -> Tensor");
   m.def("zerodce_pooled(Tensor enhanced, Tensor low) -> (Tensor pooled_enhanced, Tensor pooled_low, Tensor channel_means)");
   m.def("zerodce_pooled_backward(Tensor grad_pooled_enhanced, Tensor grad_pooled_low, Tensor grad_channel_means, Tensor enhanced, bool low_requires_grad) -> (Tensor grad_enhanced, Tensor grad_low)");
+  m.def("zerodce_pooled_losses(Tensor pooled_enhanced, Tensor pooled_low, Tensor channel_means, int exp_patch, float exp_mean) -> (Tensor spa, Tensor col, Tensor exp)");
+  m.def("zerodce_pooled_losses_backward(Tensor grad_spa, Tensor grad_col, Tensor grad_exp, Tensor pooled_enhanced, Tensor pooled_low, Tensor channel_means, int exp_patch, float exp_mean) -> (Tensor, Tensor, Tensor)");
 }
 
 namespace {

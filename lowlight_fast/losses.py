@@ -39,7 +39,9 @@ class ExposureLoss(nn.Module):
     ``mean_val`` may also be given at call time (the Zero-DCE++ form ``L_exp(16)(x, 0.6)``).
     """
 
-    def __init__(self, patch_size: int = _zerodce_ref.EXP_PATCH, mean_val: float | None = _zerodce_ref.EXP_MEAN):
+    def __init__(
+        self, patch_size: int = _zerodce_ref.EXP_PATCH, mean_val: float | None = _zerodce_ref.EXP_MEAN
+    ):
         super().__init__()
         self.patch_size = int(patch_size)
         self.mean_val = mean_val
@@ -47,7 +49,9 @@ class ExposureLoss(nn.Module):
     def forward(self, x: torch.Tensor, mean_val: float | None = None) -> torch.Tensor:
         mean_val = self.mean_val if mean_val is None else mean_val
         if mean_val is None:
-            raise ValueError("mean_val: give the target exposure (0.6 in Zero-DCE) at construction or call time")
+            raise ValueError(
+                "mean_val: give the target exposure (0.6 in Zero-DCE) at construction or call time"
+            )
         _validate.check_image(x, "x", min_size=self.patch_size)
         return _zerodce_ref.exposure(x, self.patch_size, mean_val)
 
@@ -60,7 +64,7 @@ class IlluminationSmoothnessLoss(nn.Module):
         self.TVLoss_weight = TVLoss_weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.TVLoss_weight * _tv_loss(x)
+        return _tv_loss(x, self.TVLoss_weight)
 
 
 class SaturationLoss(nn.Module):
@@ -87,7 +91,9 @@ class ZeroDCELoss(nn.Module):
         super().__init__()
         self.fused = fused
 
-    def forward(self, low: torch.Tensor, enhanced: torch.Tensor, curve_maps: torch.Tensor, return_terms: bool = False):
+    def forward(
+        self, low: torch.Tensor, enhanced: torch.Tensor, curve_maps: torch.Tensor, return_terms: bool = False
+    ):
         if self.fused:
             terms = _zerodce_ops.zerodce_loss_terms(low, enhanced, curve_maps, self.tv_weight)
         else:

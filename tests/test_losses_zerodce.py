@@ -137,3 +137,11 @@ def test_module_bad_input():
         losses.L_TV()(_image(2, 24, 1, 8))
     with pytest.raises(TypeError, match="x: expected a torch.Tensor"):
         losses.Sa_Loss()([1.0, 2.0])
+
+
+def test_combined_losses_run_the_fused_ops_by_default():
+    low, enhanced, curves = _image(2, 3, 16, 20), _image(2, 3, 16, 20), _image(2, 3, 16, 20)
+    with torch.profiler.profile() as prof:
+        losses.ZeroDCEPPLoss()(low, enhanced, curves)
+    names = {e.name for e in prof.events()}
+    assert {"lowlight_fast::zerodce_pooled", "lowlight_fast::zerodce_pooled_losses", "lowlight_fast::tv_loss"} <= names

@@ -30,9 +30,5 @@ LLF_HOST_DEVICE inline T pixel_grad(T g_cell, T g_channel) {
   return g_cell + g_channel;
 }
 
-LLF_HOST_DEVICE inline bool in_pooled_region(long long y, long long x, long long pooled_h, long long pooled_w) {
-  return y < pooled_h * kPool && x < pooled_w * kPool;
-}
-
 }  // namespace pooled
 }  // namespace lowlight_fast

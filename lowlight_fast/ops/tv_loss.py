@@ -38,12 +38,12 @@ if _ext.has_op(OP):
     torch.library.register_autograd("lowlight_fast::tv_loss", _backward, setup_context=_setup_context)
 
 
-def tv_loss(x: torch.Tensor) -> torch.Tensor:
-    """L_TV of curve maps ``x`` (B, C, H, W), H and W >= 2; a scalar of x's dtype (TVLoss_weight 1)."""
+def tv_loss(x: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+    """``weight`` * L_TV of curve maps ``x`` (B, C, H, W), H and W >= 2; a scalar of x's dtype."""
     _validate.check_image(x, "curve_maps", channels=None, min_size=2)
     which = backend.select(OP, x.device, has_triton=_triton is not None)
     if which == "cpp":
-        return torch.ops.lowlight_fast.tv_loss(x)
+        return weight * torch.ops.lowlight_fast.tv_loss(x)
     if which == "triton":
-        return _triton.tv_loss_triton(x)
-    return reference.illumination_smoothness(x)
+        return weight * _triton.tv_loss_triton(x)
+    return reference.illumination_smoothness(x, weight)

@@ -6,9 +6,13 @@ and the channel means of ``enhanced``, (B, 3) (AvgPool2d floor semantics: rows a
 last whole cell are left out of the pools, never out of the channel means). Its backward writes
 d enhanced (and d low when that is needed) in one pass. Everything after it works on maps 16x smaller
 than one channel: L_spa's zero-padded neighbour differences, the 16x16 exposure pool (the 4x4 average
-of the 4x4 pool: floor(floor(H/4)/4) = floor(H/16)), L_color from the channel means.
+of the 4x4 pool: floor(floor(H/4)/4) = floor(H/16)), L_color from the channel means. On the CPU that
+part is one serial C++ op, ``zerodce_pooled_losses`` (with its backward); elsewhere a few PyTorch ops.
 
 Backends: C++ (CPU), Triton (CUDA, or CPU under TRITON_INTERPRET=1), reference (plain PyTorch).
+
+One deliberate difference: where an image's three channel means are exactly equal, L_color is
+sqrt(0) and the original's gradient is NaN; the C++ op gives 0 there (the PyTorch path keeps the NaN).
 """
 from __future__ import annotations
 
@@ -20,21 +24,20 @@ from lowlight_fast.ops.tv_loss import tv_loss
 from lowlight_fast.reference import zerodce_losses as reference
 
 OP = "zerodce_pooled"
+LOSSES_OP = "zerodce_pooled_losses"
 POOL = reference.SPA_POOL
 
-if backend.triton_available():
-    from lowlight_fast.ops.triton import zerodce_losses as _triton
-else:  # pragma: no cover - triton is a test dependency
-    _triton = None
 
-
+# fake (meta) implementations and autograd wiring, shared with the Triton ops (so defined before them)
 def pooled_fake(enhanced, low):
     batch, _, height, width = enhanced.shape
     pooled = (batch, 1, height // POOL, width // POOL)
     return enhanced.new_empty(pooled), enhanced.new_empty(pooled), enhanced.new_empty((batch, 3))
 
 
-def pooled_backward_fake(grad_pooled_enhanced, grad_pooled_low, grad_channel_means, enhanced, low_requires_grad):
+def pooled_backward_fake(
+    grad_pooled_enhanced, grad_pooled_low, grad_channel_means, enhanced, low_requires_grad
+):
     shape = tuple(enhanced.shape)
     return enhanced.new_empty(shape), enhanced.new_empty(shape if low_requires_grad else (0,))
 
@@ -55,6 +58,12 @@ def make_backward(backward_op):
     return _backward
 
 
+if backend.triton_available():
+    from lowlight_fast.ops.triton import zerodce_losses as _triton
+else:  # pragma: no cover - triton is a test dependency
+    _triton = None
+
+
 if _ext.has_op(OP):
     torch.library.register_fake("lowlight_fast::zerodce_pooled")(pooled_fake)
     torch.library.register_fake("lowlight_fast::zerodce_pooled_backward")(pooled_backward_fake)
@@ -62,6 +71,37 @@ if _ext.has_op(OP):
         "lowlight_fast::zerodce_pooled",
         make_backward(torch.ops.lowlight_fast.zerodce_pooled_backward),
         setup_context=setup_context,
+    )
+
+
+if _ext.has_op(LOSSES_OP):
+
+    @torch.library.register_fake("lowlight_fast::zerodce_pooled_losses")
+    def _losses_fake(pooled_enhanced, pooled_low, channel_means, exp_patch, exp_mean):
+        return pooled_enhanced.new_empty(()), pooled_enhanced.new_empty(()), pooled_enhanced.new_empty(())
+
+    @torch.library.register_fake("lowlight_fast::zerodce_pooled_losses_backward")
+    def _losses_backward_fake(
+        grad_spa, grad_col, grad_exp, pooled_enhanced, pooled_low, channel_means, exp_patch, exp_mean
+    ):
+        return (
+            pooled_enhanced.new_empty(pooled_enhanced.shape),
+            pooled_enhanced.new_empty(pooled_enhanced.shape),
+            channel_means.new_empty(channel_means.shape),
+        )
+
+    def _losses_setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:3])
+        ctx.exp_patch, ctx.exp_mean = inputs[3], inputs[4]
+
+    def _losses_backward(ctx, grad_spa, grad_col, grad_exp):
+        grads = torch.ops.lowlight_fast.zerodce_pooled_losses_backward(
+            grad_spa, grad_col, grad_exp, *ctx.saved_tensors, ctx.exp_patch, ctx.exp_mean
+        )
+        return (*grads, None, None)
+
+    torch.library.register_autograd(
+        "lowlight_fast::zerodce_pooled_losses", _losses_backward, setup_context=_losses_setup_context
     )
 
 
@@ -83,7 +123,14 @@ def pooled_stats(enhanced: torch.Tensor, low: torch.Tensor, *, names: tuple[str,
     _validate.check_same_device(**pair)
     _validate.check_same_shape(**pair)
     _validate.check_same_dtype(**pair)
-    which = backend.select(OP, enhanced.device, has_triton=_triton is not None)
+    return _run_pooled(_backend_for(enhanced), enhanced, low)
+
+
+def _backend_for(enhanced: torch.Tensor) -> str:
+    return backend.select(OP, enhanced.device, has_triton=_triton is not None)
+
+
+def _run_pooled(which: str, enhanced: torch.Tensor, low: torch.Tensor):
     if which == "cpp":
         return torch.ops.lowlight_fast.zerodce_pooled(enhanced, low)
     if which == "triton":
@@ -148,13 +195,38 @@ def zerodce_loss_terms(
     """The weighted Zero-DCE loss terms {tv, spa, col, exp} with the fused ops (see
     :func:`lowlight_fast.reference.zerodce_losses.zerodce_loss_terms`)."""
     check_loss_inputs(low, enhanced, curve_maps, exp_patch)
-    pooled_enhanced, pooled_low, means = pooled_stats(enhanced, low)
+    which = _backend_for(enhanced)
+    stats = _run_pooled(which, enhanced, low)
+    spa, col, exp = pooled_losses(*stats, exp_patch, exp_mean, use_cpp=which == "cpp")
     return {
-        "tv": tv_weight * tv_loss(curve_maps),
-        "spa": torch.mean(spatial_from_pooled(pooled_enhanced, pooled_low)),
-        "col": reference.COLOR_WEIGHT * torch.mean(color_from_means(means)),
-        "exp": reference.EXP_WEIGHT * exposure_from_pooled(pooled_enhanced, exp_patch, exp_mean),
+        "tv": tv_loss(curve_maps, tv_weight),
+        "spa": spa,
+        "col": reference.COLOR_WEIGHT * col,
+        "exp": reference.EXP_WEIGHT * exp,
     }
+
+
+def pooled_losses(
+    pooled_enhanced: torch.Tensor,
+    pooled_low: torch.Tensor,
+    channel_means: torch.Tensor,
+    exp_patch: int = reference.EXP_PATCH,
+    exp_mean: float = reference.EXP_MEAN,
+    *,
+    use_cpp: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean L_spa(enhanced, low), mean L_color(enhanced), L_exp(enhanced)), unweighted, from the outputs
+    of :func:`pooled_stats`. On the CPU one C++ op (``zerodce_pooled_losses``, serial over the small
+    maps); elsewhere, or with ``use_cpp=False``, a few PyTorch ops on the small maps."""
+    if use_cpp and pooled_enhanced.device.type == "cpu" and _ext.has_op(LOSSES_OP):
+        return torch.ops.lowlight_fast.zerodce_pooled_losses(
+            pooled_enhanced, pooled_low, channel_means, exp_patch, float(exp_mean)
+        )
+    return (
+        torch.mean(spatial_from_pooled(pooled_enhanced, pooled_low)),
+        torch.mean(color_from_means(channel_means)),
+        exposure_from_pooled(pooled_enhanced, exp_patch, exp_mean),
+    )
 
 
 def zerodce_loss(

@@ -110,7 +110,9 @@ def test_gradcheck_triton(device):
     curves = _curves((1, 3, 17, 19), 3, device)
     with use_backend("triton"):
         assert torch.autograd.gradcheck(
-            lambda e, lo, c: zl.zerodce_loss(lo, e, c, ref.ZERODCEPP_TV_WEIGHT), (enhanced, low, curves), fast_mode=True
+            lambda e, lo, c: zl.zerodce_loss(lo, e, c, ref.ZERODCEPP_TV_WEIGHT),
+            (enhanced, low, curves),
+            fast_mode=True,
         )
 
 
@@ -120,7 +122,11 @@ def test_opcheck(backend, device):
     enhanced, low = _images((2, 3, 9, 14), device, torch.float32)
     torch.library.opcheck(forward, (enhanced, low))
     pooled = (2, 1, 2, 3)
-    grads = (torch.randn(pooled, device=device), torch.randn(pooled, device=device), torch.randn(2, 3, device=device))
+    grads = (
+        torch.randn(pooled, device=device),
+        torch.randn(pooled, device=device),
+        torch.randn(2, 3, device=device),
+    )
     for low_requires_grad in (True, False):
         torch.library.opcheck(backward, (*grads, enhanced.detach(), low_requires_grad))
 
@@ -245,3 +251,54 @@ def test_parity_zerodcepp(backend, sf):
     for k, v in terms.items():
         assert v.item() == pytest.approx(want[k], rel=1e-5), k
     assert sum(terms.values()).item() == pytest.approx(want["total"], rel=1e-5)
+
+
+# --- zerodce_pooled_losses: the three losses from the pooled maps, one C++ op on the CPU ------------
+
+
+def _pooled_inputs(shape):
+    pe = torch.rand(shape, dtype=torch.float64, requires_grad=True)
+    pl = torch.rand(shape, dtype=torch.float64, requires_grad=True)
+    means = torch.rand(shape[0], 3, dtype=torch.float64, requires_grad=True)
+    return pe, pl, means
+
+
+@pytest.mark.parametrize(
+    "shape,patch", [((2, 1, 5, 7), 16), ((3, 1, 9, 4), 8), ((1, 1, 4, 4), 16), ((2, 1, 13, 10), 4)]
+)
+def test_pooled_losses_cpp_match_torch(shape, patch):
+    if not _ext.has_op("zerodce_pooled_losses"):
+        pytest.fail("lowlight_fast._C was not built with zerodce_pooled_losses")
+    pe, pl, means = _pooled_inputs(shape)
+    got = zl.pooled_losses(pe, pl, means, patch, 0.55)
+    want = zl.pooled_losses(pe, pl, means, patch, 0.55, use_cpp=False)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-15)
+    weights = (1.3, 0.7, 2.1)
+    g_got = torch.autograd.grad(sum(w * t for w, t in zip(weights, got)), (pe, pl, means))
+    g_want = torch.autograd.grad(sum(w * t for w, t in zip(weights, want)), (pe, pl, means))
+    for g, w in zip(g_got, g_want):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-15)
+
+
+def test_pooled_losses_gradcheck_and_opcheck():
+    op = torch.ops.lowlight_fast.zerodce_pooled_losses
+    pe, pl, means = _pooled_inputs((2, 1, 9, 6))
+    assert torch.autograd.gradcheck(lambda a, b, c: op(a, b, c, 8, 0.6), (pe, pl, means))
+    torch.library.opcheck(op, (pe, pl, means, 8, 0.6))
+    g = [torch.tensor(v, dtype=torch.float64) for v in (0.3, 1.7, -0.4)]
+    torch.library.opcheck(
+        torch.ops.lowlight_fast.zerodce_pooled_losses_backward,
+        (*g, pe.detach(), pl.detach(), means.detach(), 8, 0.6),
+    )
+
+
+def test_pooled_losses_check_their_input():
+    op = torch.ops.lowlight_fast.zerodce_pooled_losses
+    pe, pl, means = (t.detach() for t in _pooled_inputs((2, 1, 3, 6)))
+    with pytest.raises(RuntimeError, match="at least 16x16 pixels for the exposure pool"):
+        op(pe, pl, means, 16, 0.6)
+    with pytest.raises(RuntimeError, match="exp_patch must be a multiple of 4"):
+        op(pe, pl, means, 6, 0.6)
+    with pytest.raises(RuntimeError, match="channel_means must be"):
+        op(pe, pl, means[:1], 4, 0.6)

@@ -107,7 +107,9 @@ def tv_loss_triton(x: torch.Tensor) -> torch.Tensor:
     rows = x.shape[0] * x.shape[1] * height
     programs = triton.cdiv(rows, _BLOCK_R)
     part = torch.empty((programs, 2), device=x.device, dtype=_acc_dtype(x.dtype))
-    wrap_triton(_tv_forward_kernel)[(programs,)](x, part, height, width, rows, BLOCK_R=_BLOCK_R, BLOCK_W=_BLOCK_W)
+    wrap_triton(_tv_forward_kernel)[(programs,)](
+        x, part, height, width, rows, BLOCK_R=_BLOCK_R, BLOCK_W=_BLOCK_W
+    )
     sh, sw = _scales(x)
     sums = part.sum(dim=0)
     return (sums[0] * sh + sums[1] * sw).to(x.dtype)

@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from lowlight_fast.ops import zerodce_losses as _ops  # defines the fakes and autograd before importing this
 from lowlight_fast.ops.triton.tv_loss import kernel_op
 
 POOL = 4
@@ -84,19 +85,10 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _pooled_fake(enhanced, low):
-    batch, _, height, width = enhanced.shape
-    pooled = (batch, 1, height // POOL, width // POOL)
-    return enhanced.new_empty(pooled), enhanced.new_empty(pooled), enhanced.new_empty((batch, 3))
-
-
-def _pooled_backward_fake(grad_pooled_enhanced, grad_pooled_low, grad_channel_means, enhanced, low_requires_grad):
-    shape = tuple(enhanced.shape)
-    return enhanced.new_empty(shape), enhanced.new_empty(shape if low_requires_grad else (0,))
-
-
-@kernel_op("lowlight_fast::zerodce_pooled_triton", fake=_pooled_fake)
-def zerodce_pooled_triton(enhanced: torch.Tensor, low: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+@kernel_op("lowlight_fast::zerodce_pooled_triton", fake=_ops.pooled_fake)
+def zerodce_pooled_triton(
+    enhanced: torch.Tensor, low: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     enhanced = enhanced.contiguous()
     low = low.contiguous()
     batch, _, height, width = enhanced.shape
@@ -113,7 +105,7 @@ def zerodce_pooled_triton(enhanced: torch.Tensor, low: torch.Tensor) -> tuple[to
     return pooled_enhanced, pooled_low, means
 
 
-@kernel_op("lowlight_fast::zerodce_pooled_triton_backward", fake=_pooled_backward_fake)
+@kernel_op("lowlight_fast::zerodce_pooled_triton_backward", fake=_ops.pooled_backward_fake)
 def zerodce_pooled_triton_backward(
     grad_pooled_enhanced: torch.Tensor,
     grad_pooled_low: torch.Tensor,
@@ -138,17 +130,6 @@ def zerodce_pooled_triton_backward(
     return grad_enhanced, grad_low
 
 
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0])
-
-
-def _backward(ctx, grad_pooled_enhanced, grad_pooled_low, grad_channel_means):
-    (enhanced,) = ctx.saved_tensors
-    low_requires_grad = bool(ctx.needs_input_grad[1])
-    grad_enhanced, grad_low = zerodce_pooled_triton_backward(
-        grad_pooled_enhanced, grad_pooled_low, grad_channel_means, enhanced, low_requires_grad
-    )
-    return grad_enhanced, (grad_low if low_requires_grad else None)
-
-
-zerodce_pooled_triton.register_autograd(_backward, setup_context=_setup_context)
+zerodce_pooled_triton.register_autograd(
+    _ops.make_backward(zerodce_pooled_triton_backward), setup_context=_ops.setup_context
+)
