@@ -65,11 +65,7 @@ def init_conv_normal_(module: nn.Module, std: float = 0.02) -> None:
 def curve_ops(fused: bool):
     """The module providing ``le_curve`` / ``le_curve_shared``: the fused op or the reference."""
     if fused:
-        try:
-            from lowlight_fast.ops import le_curve as ops  # TODO(lead): fallback goes once the op lands
-        except ImportError:
-            from lowlight_fast.reference import curve as ops
-        return ops
-    from lowlight_fast.reference import curve as ops
-
+        from lowlight_fast.ops import le_curve as ops
+    else:
+        from lowlight_fast.reference import curve as ops
     return ops
