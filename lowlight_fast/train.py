@@ -39,7 +39,7 @@ RECIPES = {
 }
 # settings that shape the optimisation: a resumed run keeps the checkpoint's values
 RUN_KEYS = ("model", "size", "crop", "batch_size", "lr", "weight_decay", "grad_clip", "seed", "schedule",
-            "stages", "amp", "epochs", "steps")
+            "stages", "sci_ycbcr", "amp", "epochs", "steps")
 
 
 class TrainingError(RuntimeError):
@@ -62,6 +62,7 @@ class TrainConfig:
     seed: int = 0
     schedule: str = "constant"  # constant | cosine
     stages: int = 3            # SCI only
+    sci_ycbcr: str = "faithful"  # SCI only: the SmoothLoss colour conversion, "faithful" or "per_pixel"
     amp: bool = False
     device: str = "auto"
     checkpoint_every: int = 200
@@ -199,11 +200,14 @@ class Objective:
 
             self.loss = ZeroDCEPPLoss()
         else:
-            self.loss = None
+            from lowlight_fast.losses import LossFunction
+
+            self.loss = LossFunction(ycbcr=cfg.sci_ycbcr)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, amp_dtype) -> tuple[torch.Tensor, dict]:
         with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             if self.name == "sci":
+                model._criterion = self.loss  # SCINetwork._loss sums it over the stages
                 total = model._loss(x)
                 return total.float(), {}
             out = model(x)
@@ -317,7 +321,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, objective: 
             raise TrainingError(f"checkpoint {str(resume)!r} trains {saved['model']}, not {cfg.model}")
         extend = {k: getattr(cfg, k) for k in ("steps", "epochs")}
         for k in RUN_KEYS:
-            setattr(cfg, k, saved[k])
+            setattr(cfg, k, saved.get(k, getattr(cfg, k)))
         for k, v in extend.items():
             if v and v > saved[k]:
                 setattr(cfg, k, v)
@@ -458,6 +462,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", choices=("constant", "cosine"), default=None,
                    help="learning-rate schedule (default constant, as the originals)")
     p.add_argument("--stages", type=int, default=None, help="SCI stages (default 3)")
+    p.add_argument("--sci-ycbcr", choices=("faithful", "per_pixel"), default=None, help=(
+        "SCI's SmoothLoss colour conversion: faithful (default: the original's memory-layout quirk, which "
+        "mixes neighbouring pixels) or per_pixel (a proper per-pixel YCbCr)"))
     p.add_argument("--seed", type=int, default=None, help="seed for initialisation, order and crops (default 0)")
     p.add_argument("--amp", action="store_true", default=None,
                    help="mixed precision (float16 + grad scaling on CUDA, bfloat16 on CPU)")
