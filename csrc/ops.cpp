@@ -18,7 +18,17 @@ TORCH_LIBRARY(lowlight_fast, m) {
   m.def("le_curve_shared(Tensor x, Tensor a) -> Tensor");
   m.def("le_curve_shared_backward(Tensor x, Tensor a, Tensor grad_out) -> (Tensor, Tensor)");
   // --- smooth_loss (SCI 24-direction edge-aware smoothness) ---
+  // loss only; loss with d loss/d input and d loss/d output in one pass; gradients times grad.
+  m.def("smooth_loss(Tensor input, Tensor output, float sigma, bool faithful) -> Tensor");
+  m.def("smooth_loss_with_grad(Tensor input, Tensor output, float sigma, bool faithful) -> (Tensor, Tensor, Tensor)");
+  m.def("smooth_loss_backward(Tensor grad, Tensor input, Tensor output, float sigma, bool faithful) -> (Tensor, Tensor)");
   // --- tv_loss and pooled spatial / exposure / colour losses (Zero-DCE) ---
+  m.def("tv_loss(Tensor x) -> Tensor");
+  m.def("tv_loss_backward(Tensor grad, Tensor x) -> Tensor");
+  m.def("zerodce_pooled(Tensor enhanced, Tensor low) -> (Tensor pooled_enhanced, Tensor pooled_low, Tensor channel_means)");
+  m.def("zerodce_pooled_backward(Tensor grad_pooled_enhanced, Tensor grad_pooled_low, Tensor grad_channel_means, Tensor enhanced, bool low_requires_grad) -> (Tensor grad_enhanced, Tensor grad_low)");
+  m.def("zerodce_pooled_losses(Tensor pooled_enhanced, Tensor pooled_low, Tensor channel_means, int exp_patch, float exp_mean) -> (Tensor spa, Tensor col, Tensor exp)");
+  m.def("zerodce_pooled_losses_backward(Tensor grad_spa, Tensor grad_col, Tensor grad_exp, Tensor pooled_enhanced, Tensor pooled_low, Tensor channel_means, int exp_patch, float exp_mean) -> (Tensor, Tensor, Tensor)");
 }
 
 namespace {

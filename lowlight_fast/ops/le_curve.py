@@ -35,6 +35,7 @@ def le_curve(x: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     Returns ``(image after 4 steps, image after 8 steps)``, like the original model.
     """
     _check(x, r, "r", MAP_CHANNELS, same_size=True)
+    x, r = _promote(x, r)
     impl = _select(x)
     if impl == "reference":
         return reference.le_curve(x, r)
@@ -50,6 +51,7 @@ def le_curve_shared(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     align_corners=True (Zero-DCE++'s UpsamplingBilinear2d) inside the kernel.
     """
     _check(x, a, "a", 3, same_size=False)
+    x, a = _promote(x, a)
     impl = _select(x)
     if impl == "reference":
         return reference.le_curve_shared(x, a)
@@ -62,13 +64,21 @@ def _check(x: torch.Tensor, m: torch.Tensor, name: str, channels: int, *, same_s
     _validate.check_image(x, "x")
     _validate.check_image(m, name, channels=channels)
     _validate.check_same_device(x=x, **{name: m})
-    _validate.check_same_dtype(x=x, **{name: m})
     if m.shape[0] != x.shape[0]:
         raise ValueError(f"{name}: expected batch size {x.shape[0]} like x, got shape {tuple(m.shape)}")
     if same_size and m.shape[-2:] != x.shape[-2:]:
         raise ValueError(
             f"{name}: expected the spatial size of x, {x.shape[-2]}x{x.shape[-1]}, got shape {tuple(m.shape)}"
         )
+
+
+def _promote(x: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixed dtypes (e.g. a bfloat16 map from convs under autocast and a float32 image) are promoted,
+    as the eager arithmetic of the original would."""
+    if x.dtype == m.dtype:
+        return x, m
+    dtype = torch.promote_types(x.dtype, m.dtype)
+    return x.to(dtype), m.to(dtype)
 
 
 def _select(x: torch.Tensor) -> str:

@@ -1,0 +1,447 @@
+// CPU kernels of SCI's 24-direction edge-aware smoothness loss (math in csrc/common/smooth_loss.h).
+//
+// One pass computes the loss and both gradients. Rows are processed in chunks of kChunkRows; a chunk
+// first converts its rows (and the kMaxOffset rows below) to YCbCr in a small buffer that stays in
+// cache, then evaluates each unique pair (12 per pixel) once: the derivative at its end q is added in
+// place, the one at its start p is gathered in 6 row accumulators and added once per row, so the inner
+// loops have no dependence between iterations and vectorise (`#pragma omp simd`; AVX-512 / AVX2
+// variants chosen at run time, honouring ATEN_CPU_CAPABILITY). d loss/d Y is accumulated in the
+// d loss/d input output and converted in place at the end. Memory traffic per pixel, float32: read
+// input and output (24 B), write both gradients (24 B), one more read+write of d/d input (24 B).
+// Extra memory: none of full size for float32/float64 (chunk buffers only); for float16/bfloat16
+// float copies of the arguments and of both gradients.
+//
+// Threads: a chunk writes its own rows and the 2 below. Even chunks run first, then odd ones, so no
+// two running chunks touch the same row, no atomics are needed, and the order in which a row receives
+// its contributions does not depend on the thread count. The per-chunk loss sums are added in chunk
+// order, in double: the result is deterministic.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/Version.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "common/smooth_loss.h"
+
+namespace lowlight_fast {
+namespace smooth {
+namespace {
+
+constexpr int64_t kChunkRows = 16;  // >= kMaxOffset, so only neighbouring chunks share rows
+constexpr int kPeriod = 48;          // a multiple of 3 and of every vector width (faithful YCbCr tables)
+
+#if defined(__GNUC__)
+#define SL_ALWAYS_INLINE inline __attribute__((always_inline))
+#define SL_PREFETCH(ptr, rw) __builtin_prefetch((ptr), (rw))
+#else
+#define SL_ALWAYS_INLINE inline
+#define SL_PREFETCH(ptr, rw) ((void)(ptr))
+#endif
+
+// SCI's faithful rgb2yCbCr as a 5-tap filter over the flat memory with coefficients periodic in 3:
+// Y[f] = sum_{k=-2..2} tap[k+2][f % 3] * in[f + k] + bias[f % 3], tabulated over kPeriod (+2 for the
+// phase of the first element) so that the loop over f vectorises.
+template <typename acc_t>
+struct FaithfulTables {
+  alignas(64) acc_t tap[5][kPeriod + 2];
+  alignas(64) acc_t bias[kPeriod + 2];
+  FaithfulTables() {
+    for (int m = 0; m < kPeriod + 2; ++m) {
+      const int j = m % 3;
+      for (int k = -2; k <= 2; ++k) {
+        const int i = k + j;
+        tap[k + 2][m] = (i >= 0 && i <= 2) ? ycbcr_m<acc_t>(i, j) : acc_t(0);
+      }
+      bias[m] = ycbcr_bias<acc_t>(j);
+    }
+  }
+};
+
+// One image and the rows a task owns.
+template <typename acc_t>
+struct RowTask {
+  const acc_t* in;  // 3 planes of height x width (the image)
+  acc_t* y;         // converted rows [y_row0, y_row0 + y_rows) of the 3 planes, filled by the task
+  int64_t y_row0, y_rows;
+  const acc_t* o;  // 3 planes (output / illumination)
+  acc_t* go;       // 3 planes of d loss / d o, or null (loss only)
+  acc_t* gy;       // 3 planes of d loss / d y, or null
+  acc_t* scratch;  // 6 x width
+  int64_t height, width;
+  int64_t row_begin, row_end;    // p-rows processed
+  int64_t zero_begin, zero_end;  // gradient rows to clear first (this task writes them first)
+  const Coefs<acc_t>* coefs;
+  const FaithfulTables<acc_t>* faithful;  // null: per-pixel conversion
+};
+
+// Y for the task's rows (the p-rows and the kMaxOffset rows below them), from the image.
+template <typename acc_t>
+SL_ALWAYS_INLINE void convert_rows(const RowTask<acc_t>& t) {
+  const int64_t w = t.width, hw = t.height * w, n = t.y_rows * w, first = t.y_row0 * w;
+  if (t.faithful == nullptr) {
+    for (int j = 0; j < 3; ++j) {
+      const acc_t m0 = ycbcr_m<acc_t>(0, j), m1 = ycbcr_m<acc_t>(1, j), m2 = ycbcr_m<acc_t>(2, j);
+      const acc_t bj = ycbcr_bias<acc_t>(j);
+      const acc_t* __restrict__ r = t.in + first;
+      const acc_t* __restrict__ g = r + hw;
+      const acc_t* __restrict__ b = g + hw;
+      acc_t* __restrict__ out = t.y + j * n;
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) out[i] = r[i] * m0 + g[i] * m1 + b[i] * m2 + bj;
+    }
+    return;
+  }
+  const FaithfulTables<acc_t>& tb = *t.faithful;
+  for (int c = 0; c < 3; ++c) {
+    const int64_t f0 = c * hw + first, f1 = f0 + n;  // flat range of this plane's rows
+    acc_t* __restrict__ out = t.y + c * n;             // out[f - f0]
+    // The first and last conversion rows of the image would read outside it: scalar there.
+    const int64_t v0 = std::min(f1, std::max<int64_t>(f0, 3)), v1 = std::max(v0, std::min<int64_t>(f1, 3 * hw - 3));
+    const auto scalar = [&](int64_t from, int64_t to) {
+      for (int64_t f = from; f < to; ++f) {
+        const int64_t base = f - f % 3;
+        const int j = static_cast<int>(f % 3);
+        out[f - f0] = t.in[base] * ycbcr_m<acc_t>(0, j) + t.in[base + 1] * ycbcr_m<acc_t>(1, j) +
+                      t.in[base + 2] * ycbcr_m<acc_t>(2, j) + ycbcr_bias<acc_t>(j);
+      }
+    };
+    scalar(f0, v0);
+    scalar(v1, f1);
+    const int ph = static_cast<int>(v0 % 3);
+    const acc_t* __restrict__ k0 = tb.tap[0] + ph;
+    const acc_t* __restrict__ k1 = tb.tap[1] + ph;
+    const acc_t* __restrict__ k2 = tb.tap[2] + ph;
+    const acc_t* __restrict__ k3 = tb.tap[3] + ph;
+    const acc_t* __restrict__ k4 = tb.tap[4] + ph;
+    const acc_t* __restrict__ kb = tb.bias + ph;
+    for (int64_t blk = v0; blk < v1; blk += kPeriod) {
+      const int64_t len = std::min<int64_t>(kPeriod, v1 - blk);
+      const acc_t* __restrict__ src = t.in + blk;
+      acc_t* __restrict__ dst = out + (blk - f0);
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) {
+        dst[i] = k0[i] * src[i - 2] + k1[i] * src[i - 1] + k2[i] * src[i] + k3[i] * src[i + 1] + k4[i] * src[i + 2] +
+                 kb[i];
+      }
+    }
+  }
+}
+
+// Pairs (row, x) -> (row + dy, x + dx) for one offset: returns sum_x t; with gradients, adds the q-side
+// derivatives to go/gy and the p-side ones to the 6 scratch rows.
+template <typename acc_t, bool kGrad>
+SL_ALWAYS_INLINE acc_t row_offset(const RowTask<acc_t>& t, int64_t row, int k) {
+  const int dy = offset_dy(k), dx = offset_dx(k);
+  const int64_t w = t.width, hw = t.height * w;
+  const int64_t x0 = dx < 0 ? -dx : 0, x1 = dx > 0 ? w - dx : w;
+  const int64_t p = row * w, q = (row + dy) * w + dx;
+  const int64_t yhw = t.y_rows * w, yp = (row - t.y_row0) * w, yq = yp + dy * w + dx;
+  const acc_t s = t.coefs->s, a = t.coefs->a[k], m2sa = acc_t(-2) * s * a;
+  const acc_t* __restrict__ yp0 = t.y + yp;
+  const acc_t* __restrict__ yp1 = yp0 + yhw;
+  const acc_t* __restrict__ yp2 = yp1 + yhw;
+  const acc_t* __restrict__ yq0 = t.y + yq;
+  const acc_t* __restrict__ yq1 = yq0 + yhw;
+  const acc_t* __restrict__ yq2 = yq1 + yhw;
+  const acc_t* __restrict__ op0 = t.o + p;
+  const acc_t* __restrict__ op1 = op0 + hw;
+  const acc_t* __restrict__ op2 = op1 + hw;
+  const acc_t* __restrict__ oq0 = t.o + q;
+  const acc_t* __restrict__ oq1 = oq0 + hw;
+  const acc_t* __restrict__ oq2 = oq1 + hw;
+  acc_t sum = 0;
+  if (!kGrad) {
+#pragma omp simd reduction(+ : sum)
+    for (int64_t x = x0; x < x1; ++x) {
+      acc_t wgt;
+      sum += pair_term(yq0[x] - yp0[x], yq1[x] - yp1[x], yq2[x] - yp2[x], oq0[x] - op0[x], oq1[x] - op1[x],
+                       oq2[x] - op2[x], s, wgt);
+    }
+    return sum;
+  }
+  acc_t* __restrict__ goq0 = t.go + q;
+  acc_t* __restrict__ goq1 = goq0 + hw;
+  acc_t* __restrict__ goq2 = goq1 + hw;
+  acc_t* __restrict__ gyq0 = t.gy + q;
+  acc_t* __restrict__ gyq1 = gyq0 + hw;
+  acc_t* __restrict__ gyq2 = gyq1 + hw;
+  acc_t* __restrict__ sp0 = t.scratch;  // p-side d/dO, then d/dY, rows of width
+  acc_t* __restrict__ sp1 = sp0 + w;
+  acc_t* __restrict__ sp2 = sp1 + w;
+  acc_t* __restrict__ sp3 = sp2 + w;
+  acc_t* __restrict__ sp4 = sp3 + w;
+  acc_t* __restrict__ sp5 = sp4 + w;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t x = x0; x < x1; ++x) {
+    const acc_t d0 = yq0[x] - yp0[x], d1 = yq1[x] - yp1[x], d2 = yq2[x] - yp2[x];
+    const acc_t g0 = oq0[x] - op0[x], g1 = oq1[x] - op1[x], g2 = oq2[x] - op2[x];
+    acc_t wgt;
+    const acc_t term = pair_term(d0, d1, d2, g0, g1, g2, s, wgt);
+    sum += term;
+    const acc_t cw = a * wgt, ct = m2sa * term;
+    const acc_t v0 = cw * sign_of(g0), v1 = cw * sign_of(g1), v2 = cw * sign_of(g2);
+    const acc_t u0 = ct * d0, u1 = ct * d1, u2 = ct * d2;
+    goq0[x] += v0;
+    goq1[x] += v1;
+    goq2[x] += v2;
+    gyq0[x] += u0;
+    gyq1[x] += u1;
+    gyq2[x] += u2;
+    sp0[x] -= v0;
+    sp1[x] -= v1;
+    sp2[x] -= v2;
+    sp3[x] -= u0;
+    sp4[x] -= u1;
+    sp5[x] -= u2;
+  }
+  return sum;
+}
+
+// Asks for the row that the next p-row brings in (the only new data per row): hardware prefetchers
+// lose track of the 12 to 24 streams of the pair loops, which made large images memory-bound.
+template <typename acc_t>
+SL_ALWAYS_INLINE void prefetch_row(const RowTask<acc_t>& t, int64_t row, bool with_grad) {
+  if (row >= t.height) return;
+  const int64_t w = t.width, hw = t.height * w, line = 64 / sizeof(acc_t);
+  for (int ch = 0; ch < 3; ++ch) {
+    const int64_t off = ch * hw + row * w;
+    for (int64_t x = 0; x < w; x += line) {
+      SL_PREFETCH(t.o + off + x, 0);
+      if (with_grad) {
+        SL_PREFETCH(t.go + off + x, 1);
+        SL_PREFETCH(t.gy + off + x, 1);
+      }
+    }
+  }
+}
+
+// The rows of one task; returns its share of the loss.
+template <typename acc_t, bool kGrad>
+SL_ALWAYS_INLINE double process_rows(const RowTask<acc_t>& t) {
+  const int64_t w = t.width, hw = t.height * w;
+  if (kGrad) {
+    for (int ch = 0; ch < 3; ++ch) {
+      const int64_t off = ch * hw + t.zero_begin * w, n = (t.zero_end - t.zero_begin) * w;
+      if (n > 0) {
+        std::memset(t.go + off, 0, n * sizeof(acc_t));
+        std::memset(t.gy + off, 0, n * sizeof(acc_t));
+      }
+    }
+  }
+  convert_rows(t);
+  double loss = 0;
+  for (int64_t row = t.row_begin; row < t.row_end; ++row) {
+    if (kGrad) std::memset(t.scratch, 0, 6 * w * sizeof(acc_t));
+    prefetch_row(t, row + kMaxOffset + 1, kGrad);
+    for (int k = 0; k < kNumOffsets; ++k) {
+      if (row + offset_dy(k) >= t.height) continue;
+      loss += static_cast<double>(t.coefs->a[k] * row_offset<acc_t, kGrad>(t, row, k));
+    }
+    if (kGrad) {
+      for (int ch = 0; ch < 3; ++ch) {
+        acc_t* __restrict__ go = t.go + ch * hw + row * w;
+        acc_t* __restrict__ gy = t.gy + ch * hw + row * w;
+        const acc_t* __restrict__ s_o = t.scratch + ch * w;
+        const acc_t* __restrict__ s_y = t.scratch + (3 + ch) * w;
+#pragma omp simd
+        for (int64_t x = 0; x < w; ++x) {
+          go[x] += s_o[x];
+          gy[x] += s_y[x];
+        }
+      }
+    }
+  }
+  return loss;
+}
+
+// Instruction-set variants of the float32 row loops (double is for tests and gradcheck: generic only).
+using RowsF32 = double (*)(const RowTask<float>&);
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define SL_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi2")))
+#define SL_AVX2 __attribute__((target("avx2,fma,bmi2")))
+template <bool kGrad>
+SL_AVX512 double rows_f32_avx512(const RowTask<float>& t) {
+  return process_rows<float, kGrad>(t);
+}
+template <bool kGrad>
+SL_AVX2 double rows_f32_avx2(const RowTask<float>& t) {
+  return process_rows<float, kGrad>(t);
+}
+#endif
+template <bool kGrad>
+double rows_f32_default(const RowTask<float>& t) {
+  return process_rows<float, kGrad>(t);
+}
+
+template <bool kGrad>
+RowsF32 pick_rows_f32() {
+#if defined(__GNUC__) && defined(__x86_64__)
+  // torch's choice ("AVX512", "AVX2", ...): ATEN_CPU_CAPABILITY=default|avx2 lowers it for tests.
+  const std::string cap = at::get_cpu_capability();
+  if (cap.find("AVX512") != std::string::npos && __builtin_cpu_supports("avx512f") &&
+      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+    return rows_f32_avx512<kGrad>;
+  if (cap.find("AVX2") != std::string::npos && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    return rows_f32_avx2<kGrad>;
+#endif
+  return rows_f32_default<kGrad>;
+}
+
+template <typename acc_t, bool kGrad>
+struct Rows {
+  static double run(const RowTask<acc_t>& t) { return process_rows<acc_t, kGrad>(t); }
+};
+template <bool kGrad>
+struct Rows<float, kGrad> {
+  static double run(const RowTask<float>& t) {
+    static const RowsF32 fn = pick_rows_f32<kGrad>();
+    return fn(t);
+  }
+};
+
+// The pair pass over all images: loss, and with gradients d/dO into go and d/dY into gy.
+template <typename acc_t, bool kGrad>
+double pair_pass(const acc_t* in, const acc_t* o, acc_t* go, acc_t* gy, int64_t batch, int64_t height, int64_t width,
+                 const Coefs<acc_t>& coefs, bool faithful) {
+  const FaithfulTables<acc_t> tables;
+  const int64_t hw = height * width;
+  const int64_t chunks = (height + kChunkRows - 1) / kChunkRows;
+  std::vector<double> partial(batch * chunks, 0.0);
+  // With gradients: wave 0 = even chunks, wave 1 = odd chunks. Without: one wave of all chunks.
+  const int waves = kGrad ? 2 : 1;
+  for (int wave = 0; wave < waves; ++wave) {
+    const int64_t per_image = kGrad ? (chunks + 1 - wave) / 2 : chunks;
+    at::parallel_for(0, batch * per_image, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> scratch(kGrad ? 6 * width : 0);
+      std::vector<acc_t> ybuf(3 * (kChunkRows + kMaxOffset) * width);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / per_image, i = task - b * per_image;
+        const int64_t chunk = kGrad ? 2 * i + wave : i;
+        RowTask<acc_t> t;
+        t.in = in + b * 3 * hw;
+        t.y = ybuf.data();
+        t.o = o + b * 3 * hw;
+        t.go = kGrad ? go + b * 3 * hw : nullptr;
+        t.gy = kGrad ? gy + b * 3 * hw : nullptr;
+        t.scratch = scratch.data();
+        t.height = height;
+        t.width = width;
+        t.row_begin = chunk * kChunkRows;
+        t.row_end = std::min(height, t.row_begin + kChunkRows);
+        // Even chunks clear their rows and the kMaxOffset rows below; odd chunks the rest of theirs.
+        t.zero_begin = wave == 0 ? t.row_begin : std::min(t.row_begin + kMaxOffset, t.row_end);
+        t.zero_end = wave == 0 ? std::min(height, t.row_end + kMaxOffset) : t.row_end;
+        t.y_row0 = t.row_begin;
+        t.y_rows = std::min(height, t.row_end + kMaxOffset) - t.row_begin;
+        t.coefs = &coefs;
+        t.faithful = faithful ? &tables : nullptr;
+        partial[b * chunks + chunk] = Rows<acc_t, kGrad>::run(t);
+      }
+    });
+  }
+  double loss = 0;
+  for (const double v : partial) loss += v;
+  return loss;
+}
+
+// in, out: float or double, contiguous. gin/gout: same dtype, or undefined (loss only).
+template <typename acc_t>
+double smooth_loss_kernel(const at::Tensor& in, const at::Tensor& out, double sigma, bool faithful, double scale,
+                          at::Tensor* gin, at::Tensor* gout) {
+  const int64_t batch = in.size(0), height = in.size(2), width = in.size(3);
+  const int64_t hw = height * width, rows = batch * hw;
+  const Coefs<acc_t> coefs = make_coefs<acc_t>(batch, height, width, sigma, scale);
+  const acc_t* in_p = in.const_data_ptr<acc_t>();
+  if (gin == nullptr) {
+    return pair_pass<acc_t, false>(in_p, out.const_data_ptr<acc_t>(), nullptr, nullptr, batch, height, width, coefs,
+                                   faithful);
+  }
+  // d loss / d Y is accumulated in gin's memory, then turned into d loss / d input in place (each
+  // conversion row reads its 3 values before writing them).
+  acc_t* gin_p = gin->mutable_data_ptr<acc_t>();
+  const double loss = pair_pass<acc_t, true>(in_p, out.const_data_ptr<acc_t>(), gout->mutable_data_ptr<acc_t>(),
+                                              gin_p, batch, height, width, coefs, faithful);
+  at::parallel_for(0, rows, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) ycbcr_backward<acc_t>(gin_p, gin_p, triple_at(r, faithful, hw), acc_t(1));
+  });
+  return loss;
+}
+
+void check_args(const at::Tensor& input, const at::Tensor& output, double sigma) {
+  TORCH_CHECK(input.dim() == 4 && input.size(1) == 3, "smooth_loss: input must be (B, 3, H, W), got shape ",
+              input.sizes());
+  TORCH_CHECK(output.sizes() == input.sizes(), "smooth_loss: output must have the shape of input ", input.sizes(),
+              ", got ", output.sizes());
+  TORCH_CHECK(output.scalar_type() == input.scalar_type(), "smooth_loss: input and output must have one dtype, got ",
+              input.scalar_type(), " and ", output.scalar_type());
+  const at::ScalarType st = input.scalar_type();
+  TORCH_CHECK(st == at::kHalf || st == at::kBFloat16 || st == at::kFloat || st == at::kDouble,
+              "smooth_loss: expected a float16, bfloat16, float32 or float64 tensor, got ", st);
+  TORCH_CHECK(input.device().is_cpu() && output.device().is_cpu(), "smooth_loss (CPU kernel): tensors must be on cpu");
+  TORCH_CHECK(input.size(0) >= 1 && input.size(2) > kMaxOffset && input.size(3) > kMaxOffset,
+              "smooth_loss: images must be at least 3x3 pixels with B >= 1, got shape ", input.sizes());
+  TORCH_CHECK(sigma > 0 && std::isfinite(sigma), "smooth_loss: sigma must be a positive number, got ", sigma);
+}
+
+at::ScalarType compute_type(const at::Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// Loss, and (with gradients) d loss / d input and d loss / d output times `scale`.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run(const at::Tensor& input, const at::Tensor& output, double sigma,
+                                                   bool faithful, bool with_grad, double scale) {
+  check_args(input, output, sigma);
+  const at::ScalarType ct = compute_type(input);
+  const at::Tensor in = input.to(ct).contiguous();
+  const at::Tensor out = output.to(ct).contiguous();
+  at::Tensor gin, gout;
+  if (with_grad) {
+    gin = at::empty_like(in);
+    gout = at::empty_like(in);
+  }
+  const double loss = ct == at::kDouble
+                          ? smooth_loss_kernel<double>(in, out, sigma, faithful, scale, with_grad ? &gin : nullptr,
+                                                       with_grad ? &gout : nullptr)
+                          : smooth_loss_kernel<float>(in, out, sigma, faithful, scale, with_grad ? &gin : nullptr,
+                                                      with_grad ? &gout : nullptr);
+  at::Tensor loss_t = at::scalar_tensor(loss, in.options());
+  if (with_grad) {
+    gin = gin.to(input.scalar_type());
+    gout = gout.to(input.scalar_type());
+  }
+  return {loss_t, gin, gout};
+}
+
+at::Tensor smooth_loss_cpu(const at::Tensor& input, const at::Tensor& output, double sigma, bool faithful) {
+  return std::get<0>(run(input, output, sigma, faithful, false, 1.0));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_loss_with_grad_cpu(const at::Tensor& input,
+                                                                         const at::Tensor& output, double sigma,
+                                                                         bool faithful) {
+  return run(input, output, sigma, faithful, true, 1.0);
+}
+
+std::tuple<at::Tensor, at::Tensor> smooth_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& input,
+                                                            const at::Tensor& output, double sigma, bool faithful) {
+  TORCH_CHECK(grad.numel() == 1, "smooth_loss_backward: grad must be a scalar, got shape ", grad.sizes());
+  auto res = run(input, output, sigma, faithful, true, grad.item<double>());
+  return {std::get<1>(res), std::get<2>(res)};
+}
+
+}  // namespace
+}  // namespace smooth
+}  // namespace lowlight_fast
+
+TORCH_LIBRARY_IMPL(lowlight_fast, CPU, m) {
+  m.impl("smooth_loss", &lowlight_fast::smooth::smooth_loss_cpu);
+  m.impl("smooth_loss_with_grad", &lowlight_fast::smooth::smooth_loss_with_grad_cpu);
+  m.impl("smooth_loss_backward", &lowlight_fast::smooth::smooth_loss_backward_cpu);
+}

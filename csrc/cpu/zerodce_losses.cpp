@@ -1,0 +1,374 @@
+// CPU kernels of zerodce_pooled: one read of (enhanced, low) gives the 4x4-pooled channel means of both
+// and the channel means of enhanced (see common/zerodce_losses.h); the backward writes d enhanced (and
+// d low when asked) in one pass. Work is split into (image, group of 4 rows) tasks; the channel sums are
+// reduced from per-task partials in a fixed order (deterministic for any thread count).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <tuple>
+#include <vector>
+
+#include "common/tv_loss.h"  // lane_sum
+#include "common/zerodce_losses.h"
+
+namespace lowlight_fast {
+namespace {
+
+using pooled::kCell;
+using pooled::kChannels;
+using pooled::kPool;
+
+// Serial conversions: at::Tensor::to would start a parallel region per small tensor.
+std::vector<double> to_double(const at::Tensor& t) {
+  std::vector<double> out(t.numel());
+  const at::Tensor c = t.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.scalar_type(), "to_double", [&] {
+    const scalar_t* p = c.const_data_ptr<scalar_t>();
+    for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<double>(p[i]);
+  });
+  return out;
+}
+
+at::Tensor from_double(const std::vector<double>& v, at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor out = at::empty(sizes, options);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "from_double", [&] {
+    scalar_t* q = out.mutable_data_ptr<scalar_t>();
+    for (size_t i = 0; i < v.size(); ++i) q[i] = static_cast<scalar_t>(v[i]);
+  });
+  return out;
+}
+
+void check_image(const at::Tensor& t, const char* fn, const char* name) {
+  TORCH_CHECK(t.dim() == 4, fn, ": ", name, " must be a 4-D tensor (B, 3, H, W), got ", t.dim(), "-D with shape ",
+              t.sizes());
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), fn, ": ", name, " must be a floating-point tensor, got ",
+              t.scalar_type());
+  TORCH_CHECK(t.size(1) == kChannels, fn, ": ", name, " must have 3 channels, got shape ", t.sizes());
+  TORCH_CHECK(t.numel() > 0, fn, ": ", name, " is empty (shape ", t.sizes(), ")");
+  TORCH_CHECK(t.size(2) >= kPool && t.size(3) >= kPool, fn, ": ", name,
+              " must be at least 4x4 pixels (AvgPool2d(4)), got ", t.size(2), "x", t.size(3));
+}
+
+void check_pair(const at::Tensor& enhanced, const at::Tensor& low, const char* fn) {
+  check_image(enhanced, fn, "enhanced");
+  check_image(low, fn, "low");
+  TORCH_CHECK(enhanced.sizes() == low.sizes(), fn, ": enhanced and low must have the same shape, got ",
+              enhanced.sizes(), " and ", low.sizes());
+  TORCH_CHECK(enhanced.scalar_type() == low.scalar_type(), fn, ": enhanced and low must have the same dtype, got ",
+              enhanced.scalar_type(), " and ", low.scalar_type());
+}
+
+// col[x] = sum of `rows` consecutive image rows starting at `p` (row stride W).
+template <typename scalar_t, typename acc_t>
+inline void sum_rows(const scalar_t* p, int64_t rows, int64_t W, acc_t* col) {
+  if (rows == kPool) {
+    const scalar_t *r0 = p, *r1 = p + W, *r2 = p + 2 * W, *r3 = p + 3 * W;
+    for (int64_t x = 0; x < W; ++x) col[x] = (acc_t(r0[x]) + acc_t(r1[x])) + (acc_t(r2[x]) + acc_t(r3[x]));
+    return;
+  }
+  for (int64_t x = 0; x < W; ++x) col[x] = acc_t(p[x]);
+  for (int64_t k = 1; k < rows; ++k) {
+    const scalar_t* r = p + k * W;
+    for (int64_t x = 0; x < W; ++x) col[x] += acc_t(r[x]);
+  }
+}
+
+// Pools one group of 4 rows of one 3-channel image into out[0..W4); optional per-channel sums.
+template <typename scalar_t, typename acc_t>
+inline void pool_group(const scalar_t* img, int64_t plane, int64_t rows, int64_t W, int64_t W4, bool full,
+                       acc_t* col, acc_t* comb, double* channel_sums, scalar_t* out) {
+  for (int c = 0; c < kChannels; ++c) {
+    sum_rows(img + c * plane, rows, W, col);
+    if (channel_sums != nullptr) {
+      channel_sums[c] = static_cast<double>(lane_sum<acc_t>(W, [col](int64_t i) { return col[i]; }));
+    }
+    if (!full) continue;
+    if (c == 0) {
+      std::copy(col, col + W, comb);
+    } else {
+      for (int64_t x = 0; x < W; ++x) comb[x] += col[x];
+    }
+  }
+  if (!full) return;
+  const acc_t inv = acc_t(1) / acc_t(kCell);
+  for (int64_t j = 0; j < W4; ++j) {
+    const acc_t* q = comb + kPool * j;
+    out[j] = scalar_t(((q[0] + q[1]) + (q[2] + q[3])) * inv);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> zerodce_pooled_cpu(const at::Tensor& enhanced_in,
+                                                                  const at::Tensor& low_in) {
+  check_pair(enhanced_in, low_in, "zerodce_pooled");
+  const at::Tensor enhanced = enhanced_in.contiguous();
+  const at::Tensor low = low_in.contiguous();
+  const int64_t B = enhanced.size(0), H = enhanced.size(2), W = enhanced.size(3);
+  const int64_t H4 = H / kPool, W4 = W / kPool, groups = (H + kPool - 1) / kPool;
+  at::Tensor pooled_enhanced = at::empty({B, 1, H4, W4}, enhanced.options());
+  at::Tensor pooled_low = at::empty({B, 1, H4, W4}, enhanced.options());
+  std::vector<double> partial(B * groups * kChannels);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, enhanced.scalar_type(), "zerodce_pooled_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* e = enhanced.const_data_ptr<scalar_t>();
+    const scalar_t* l = low.const_data_ptr<scalar_t>();
+    scalar_t* pe = pooled_enhanced.mutable_data_ptr<scalar_t>();
+    scalar_t* pl = pooled_low.mutable_data_ptr<scalar_t>();
+    const int64_t plane = H * W;
+    at::parallel_for(0, B * groups, 1, [&](int64_t t0, int64_t t1) {
+      std::vector<acc_t> col(W), comb(W);
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t b = t / groups, g = t % groups;
+        const int64_t rows = std::min<int64_t>(kPool, H - g * kPool);
+        const bool full = g < H4;
+        const int64_t offset = b * kChannels * plane + g * kPool * W;
+        const int64_t out = (b * H4 + g) * W4;
+        pool_group<scalar_t, acc_t>(e + offset, plane, rows, W, W4, full, col.data(), comb.data(),
+                                    partial.data() + t * kChannels, pe + out);
+        if (full) {
+          pool_group<scalar_t, acc_t>(l + offset, plane, rows, W, W4, true, col.data(), comb.data(), nullptr,
+                                      pl + out);
+        }
+      }
+    });
+  });
+  std::vector<double> means(B * kChannels);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int c = 0; c < kChannels; ++c) {
+      double acc = 0.0;
+      for (int64_t g = 0; g < groups; ++g) acc += partial[(b * groups + g) * kChannels + c];
+      means[b * kChannels + c] = acc / static_cast<double>(H * W);
+    }
+  }
+  return {pooled_enhanced, pooled_low, from_double(means, {B, kChannels}, enhanced.options())};
+}
+
+void check_grad(const at::Tensor& g, const at::Tensor& like, at::IntArrayRef shape, const char* name) {
+  TORCH_CHECK(g.sizes() == shape, "zerodce_pooled_backward: ", name, " must have shape ", shape, ", got ", g.sizes());
+  TORCH_CHECK(g.scalar_type() == like.scalar_type(), "zerodce_pooled_backward: ", name, " must have dtype ",
+              like.scalar_type(), ", got ", g.scalar_type());
+}
+
+// Expands one row of the pooled-map gradient (times 1/48) to image columns; 0 beyond the pooled region.
+template <typename scalar_t, typename acc_t>
+inline void expand_row(const scalar_t* g, int64_t W4, int64_t W, bool full, acc_t* rep) {
+  const acc_t inv = acc_t(1) / acc_t(kCell);
+  int64_t x = 0;
+  if (full) {
+    for (int64_t j = 0; j < W4; ++j) {
+      const acc_t v = acc_t(g[j]) * inv;
+      for (int k = 0; k < kPool; ++k) rep[x++] = v;
+    }
+  }
+  for (; x < W; ++x) rep[x] = acc_t(0);
+}
+
+std::tuple<at::Tensor, at::Tensor> zerodce_pooled_backward_cpu(const at::Tensor& grad_pooled_enhanced,
+                                                                const at::Tensor& grad_pooled_low,
+                                                                const at::Tensor& grad_channel_means,
+                                                                const at::Tensor& enhanced, bool low_requires_grad) {
+  check_image(enhanced, "zerodce_pooled_backward", "enhanced");
+  const int64_t B = enhanced.size(0), H = enhanced.size(2), W = enhanced.size(3);
+  const int64_t H4 = H / kPool, W4 = W / kPool, groups = (H + kPool - 1) / kPool;
+  check_grad(grad_pooled_enhanced, enhanced, {B, 1, H4, W4}, "grad_pooled_enhanced");
+  check_grad(grad_pooled_low, enhanced, {B, 1, H4, W4}, "grad_pooled_low");
+  check_grad(grad_channel_means, enhanced, {B, kChannels}, "grad_channel_means");
+  const at::Tensor gpe = grad_pooled_enhanced.contiguous();
+  const at::Tensor gpl = grad_pooled_low.contiguous();
+  const at::Tensor gm = grad_channel_means.contiguous();
+  at::Tensor grad_enhanced = at::empty({B, kChannels, H, W}, enhanced.options());
+  at::Tensor grad_low =
+      low_requires_grad ? at::empty({B, kChannels, H, W}, enhanced.options()) : at::empty({0}, enhanced.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, enhanced.scalar_type(), "zerodce_pooled_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* ge = gpe.const_data_ptr<scalar_t>();
+    const scalar_t* gl = gpl.const_data_ptr<scalar_t>();
+    const scalar_t* gmp = gm.const_data_ptr<scalar_t>();
+    scalar_t* oe = grad_enhanced.mutable_data_ptr<scalar_t>();
+    scalar_t* ol = low_requires_grad ? grad_low.mutable_data_ptr<scalar_t>() : nullptr;
+    const int64_t plane = H * W;
+    const acc_t inv_plane = acc_t(1) / acc_t(plane);
+    at::parallel_for(0, B * groups, 1, [&](int64_t t0, int64_t t1) {
+      std::vector<acc_t> rep(W);
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t b = t / groups, g = t % groups;
+        const int64_t rows = std::min<int64_t>(kPool, H - g * kPool);
+        const bool full = g < H4;
+        const int64_t offset = b * kChannels * plane + g * kPool * W;
+        const int64_t prow = (b * H4 + g) * W4;
+        expand_row<scalar_t, acc_t>(ge + prow, W4, W, full, rep.data());
+        for (int c = 0; c < kChannels; ++c) {
+          const acc_t gc = acc_t(gmp[b * kChannels + c]) * inv_plane;
+          for (int64_t k = 0; k < rows; ++k) {
+            scalar_t* o = oe + offset + c * plane + k * W;
+            for (int64_t x = 0; x < W; ++x) o[x] = scalar_t(pooled::pixel_grad<acc_t>(rep[x], gc));
+          }
+        }
+        if (ol == nullptr) continue;
+        expand_row<scalar_t, acc_t>(gl + prow, W4, W, full, rep.data());
+        for (int c = 0; c < kChannels; ++c) {
+          for (int64_t k = 0; k < rows; ++k) {
+            scalar_t* o = ol + offset + c * plane + k * W;
+            for (int64_t x = 0; x < W; ++x) o[x] = scalar_t(rep[x]);
+          }
+        }
+      }
+    });
+  });
+  return {grad_enhanced, grad_low};
+}
+
+// ---- the three losses from the pooled statistics (maps 48x smaller than the images) ----
+// One serial pass over the small maps, in double: as an op it replaces some 40 small eager kernels,
+// each a parallel region that costs more in thread synchronisation than in arithmetic.
+
+struct PooledMaps {
+  int64_t B, H4, W4;
+};
+
+PooledMaps check_pooled(const at::Tensor& pe, const at::Tensor& pl, const at::Tensor& means, int64_t exp_patch,
+                        const char* fn) {
+  TORCH_CHECK(pe.dim() == 4 && pe.size(1) == 1, fn, ": pooled_enhanced must be (B, 1, H/4, W/4), got ", pe.sizes());
+  TORCH_CHECK(pl.sizes() == pe.sizes(), fn, ": pooled_low must have the shape of pooled_enhanced ", pe.sizes(),
+              ", got ", pl.sizes());
+  TORCH_CHECK(means.dim() == 2 && means.size(0) == pe.size(0) && means.size(1) == kChannels, fn,
+              ": channel_means must be (B, 3), got ", means.sizes());
+  TORCH_CHECK(pl.scalar_type() == pe.scalar_type() && means.scalar_type() == pe.scalar_type(), fn,
+              ": the pooled maps and the channel means must have one dtype");
+  TORCH_CHECK(exp_patch >= kPool && exp_patch % kPool == 0, fn, ": exp_patch must be a multiple of 4, got ", exp_patch);
+  const int64_t p = exp_patch / kPool;
+  TORCH_CHECK(pe.size(2) >= p && pe.size(3) >= p, fn, ": the images must be at least ", exp_patch, "x", exp_patch,
+              " pixels for the exposure pool, got pooled maps of ", pe.size(2), "x", pe.size(3));
+  return {pe.size(0), pe.size(2), pe.size(3)};
+}
+
+// q[b,i,j] = pooled_enhanced - pooled_low; visits the 4 neighbours of (i, j) (0 outside the map).
+template <typename F>
+inline void for_neighbours(const double* q, int64_t H4, int64_t W4, int64_t i, int64_t j, const F& f) {
+  const int64_t di[4] = {0, 0, -1, 1}, dj[4] = {-1, 1, 0, 0};
+  for (int k = 0; k < 4; ++k) {
+    const int64_t ni = i + di[k], nj = j + dj[k];
+    const bool inside = ni >= 0 && ni < H4 && nj >= 0 && nj < W4;
+    f(inside ? q[ni * W4 + nj] : 0.0, inside);
+  }
+}
+
+struct ColorTerms {
+  double d_rg, d_rb, d_gb, value;
+};
+
+inline ColorTerms color_terms(const double* m) {
+  const double d_rg = (m[0] - m[1]) * (m[0] - m[1]);
+  const double d_rb = (m[0] - m[2]) * (m[0] - m[2]);
+  const double d_gb = (m[2] - m[1]) * (m[2] - m[1]);
+  return {d_rg, d_rb, d_gb, std::sqrt(d_rg * d_rg + d_rb * d_rb + d_gb * d_gb)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> zerodce_pooled_losses_cpu(const at::Tensor& pooled_enhanced,
+                                                                         const at::Tensor& pooled_low,
+                                                                         const at::Tensor& channel_means,
+                                                                         int64_t exp_patch, double exp_mean) {
+  const PooledMaps s = check_pooled(pooled_enhanced, pooled_low, channel_means, exp_patch, "zerodce_pooled_losses");
+  const std::vector<double> pe = to_double(pooled_enhanced), pl = to_double(pooled_low), m = to_double(channel_means);
+  const int64_t p = exp_patch / kPool, Hp = s.H4 / p, Wp = s.W4 / p, cells = s.H4 * s.W4;
+  std::vector<double> q(cells);
+  double spa = 0.0, col = 0.0, exp = 0.0;
+  for (int64_t b = 0; b < s.B; ++b) {
+    const double* e = pe.data() + b * cells;
+    for (int64_t c = 0; c < cells; ++c) q[c] = e[c] - pl[b * cells + c];
+    for (int64_t i = 0; i < s.H4; ++i) {
+      for (int64_t j = 0; j < s.W4; ++j) {
+        const double v = q[i * s.W4 + j];
+        for_neighbours(q.data(), s.H4, s.W4, i, j, [&](double n, bool) { spa += (v - n) * (v - n); });
+      }
+    }
+    for (int64_t i = 0; i < Hp; ++i) {
+      for (int64_t j = 0; j < Wp; ++j) {
+        double acc = 0.0;
+        for (int64_t a = 0; a < p; ++a) {
+          for (int64_t k = 0; k < p; ++k) acc += e[(i * p + a) * s.W4 + j * p + k];
+        }
+        const double d = acc / static_cast<double>(p * p) - exp_mean;
+        exp += d * d;
+      }
+    }
+    col += color_terms(m.data() + b * kChannels).value;
+  }
+  const auto opts = pooled_enhanced.options();
+  return {at::scalar_tensor(spa / static_cast<double>(s.B * cells), opts),
+          at::scalar_tensor(col / static_cast<double>(s.B), opts),
+          at::scalar_tensor(exp / static_cast<double>(s.B * Hp * Wp), opts)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> zerodce_pooled_losses_backward_cpu(
+    const at::Tensor& grad_spa, const at::Tensor& grad_col, const at::Tensor& grad_exp,
+    const at::Tensor& pooled_enhanced, const at::Tensor& pooled_low, const at::Tensor& channel_means,
+    int64_t exp_patch, double exp_mean) {
+  const PooledMaps s =
+      check_pooled(pooled_enhanced, pooled_low, channel_means, exp_patch, "zerodce_pooled_losses_backward");
+  TORCH_CHECK(grad_spa.numel() == 1 && grad_col.numel() == 1 && grad_exp.numel() == 1,
+              "zerodce_pooled_losses_backward: the loss gradients must hold one value each");
+  const std::vector<double> pe = to_double(pooled_enhanced), pl = to_double(pooled_low), m = to_double(channel_means);
+  const int64_t p = exp_patch / kPool, Hp = s.H4 / p, Wp = s.W4 / p, cells = s.H4 * s.W4;
+  const double k_spa = grad_spa.item<double>() / static_cast<double>(s.B * cells);
+  const double k_col = grad_col.item<double>() / static_cast<double>(s.B);
+  const double k_exp = grad_exp.item<double>() / static_cast<double>(s.B * Hp * Wp);
+  std::vector<double> g_pe(s.B * cells, 0.0), g_pl(s.B * cells), g_m(s.B * kChannels);
+  std::vector<double> q(cells);
+  for (int64_t b = 0; b < s.B; ++b) {
+    const double* e = pe.data() + b * cells;
+    double* ge = g_pe.data() + b * cells;
+    for (int64_t c = 0; c < cells; ++c) q[c] = e[c] - pl[b * cells + c];
+    // (q_c - q_n)^2 appears in E[c] and, for an inside neighbour, in E[n]
+    for (int64_t i = 0; i < s.H4; ++i) {
+      for (int64_t j = 0; j < s.W4; ++j) {
+        const double v = q[i * s.W4 + j];
+        double g = 0.0;
+        for_neighbours(q.data(), s.H4, s.W4, i, j, [&](double n, bool inside) { g += (inside ? 4.0 : 2.0) * (v - n); });
+        ge[i * s.W4 + j] = k_spa * g;
+        g_pl[b * cells + i * s.W4 + j] = -k_spa * g;
+      }
+    }
+    const double inv_block = 1.0 / static_cast<double>(p * p);
+    for (int64_t i = 0; i < Hp; ++i) {
+      for (int64_t j = 0; j < Wp; ++j) {
+        double acc = 0.0;
+        for (int64_t a = 0; a < p; ++a) {
+          for (int64_t k = 0; k < p; ++k) acc += e[(i * p + a) * s.W4 + j * p + k];
+        }
+        const double g = k_exp * 2.0 * (acc * inv_block - exp_mean) * inv_block;
+        for (int64_t a = 0; a < p; ++a) {
+          for (int64_t k = 0; k < p; ++k) ge[(i * p + a) * s.W4 + j * p + k] += g;
+        }
+      }
+    }
+    const double* mb = m.data() + b * kChannels;
+    const ColorTerms t = color_terms(mb);
+    // d col / d d_xy = d_xy / col; 0 where col = 0 (all channel means equal), where sqrt has no derivative
+    const double s_rg = t.value > 0 ? k_col * t.d_rg / t.value : 0.0;
+    const double s_rb = t.value > 0 ? k_col * t.d_rb / t.value : 0.0;
+    const double s_gb = t.value > 0 ? k_col * t.d_gb / t.value : 0.0;
+    double* gm = g_m.data() + b * kChannels;
+    gm[0] = s_rg * 2.0 * (mb[0] - mb[1]) + s_rb * 2.0 * (mb[0] - mb[2]);
+    gm[1] = -s_rg * 2.0 * (mb[0] - mb[1]) - s_gb * 2.0 * (mb[2] - mb[1]);
+    gm[2] = -s_rb * 2.0 * (mb[0] - mb[2]) + s_gb * 2.0 * (mb[2] - mb[1]);
+  }
+  const auto options = pooled_enhanced.options();
+  return {from_double(g_pe, pooled_enhanced.sizes(), options), from_double(g_pl, pooled_enhanced.sizes(), options),
+          from_double(g_m, channel_means.sizes(), options)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lowlight_fast, CPU, m) {
+  m.impl("zerodce_pooled", &zerodce_pooled_cpu);
+  m.impl("zerodce_pooled_backward", &zerodce_pooled_backward_cpu);
+  m.impl("zerodce_pooled_losses", &zerodce_pooled_losses_cpu);
+  m.impl("zerodce_pooled_losses_backward", &zerodce_pooled_losses_backward_cpu);
+}
+
+}  // namespace lowlight_fast

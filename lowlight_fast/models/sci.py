@@ -1,0 +1,165 @@
+"""SCI (Self-Calibrated Illumination, Ma et al., CVPR 2022; the authors' code is MIT-licensed).
+
+``SCINetwork`` is the training ``Network`` (illumination estimator + self-calibration module, weights
+shared across stages); ``SCIFinetune`` is the inference ``Finetunemodel`` (the estimator only).
+
+State-dict aliases: a block module appended ``layers`` times to ``blocks`` appears under two names
+(``enhance.conv.*`` == ``enhance.blocks.0.*``, ``calibrate.convs.*`` == ``calibrate.blocks.{0,1,2}.*``).
+``state_dict()`` writes both sets, as the original does; loading accepts either set (the missing
+aliases are filled from the present ones).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lowlight_fast.models._common import EnhancementModel
+
+
+def _alias_pre_hook(shared: str, layers: int):
+    """A load_state_dict pre-hook filling ``<shared>.*`` and ``blocks.<i>.*`` from whichever is present."""
+
+    def hook(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        names = [f"{prefix}{shared}."] + [f"{prefix}blocks.{i}." for i in range(layers)]
+        for src in names:
+            for key in [k for k in state_dict if k.startswith(src)]:
+                suffix = key[len(src):]
+                for dst in names:
+                    state_dict.setdefault(dst + suffix, state_dict[key])
+
+    return hook
+
+
+class EnhanceNetwork(nn.Module):
+    """Illumination estimator: in_conv + ReLU, one conv-BN-ReLU block applied ``layers`` times
+    residually (shared weights), out_conv + Sigmoid; illumination = clamp(out + input, 1e-4, 1)."""
+
+    def __init__(self, layers: int = 1, channels: int = 3) -> None:
+        super().__init__()
+        self.in_conv = nn.Sequential(nn.Conv2d(3, channels, 3, 1, 1), nn.ReLU())
+        self.conv = nn.Sequential(nn.Conv2d(channels, channels, 3, 1, 1), nn.BatchNorm2d(channels), nn.ReLU())
+        self.blocks = nn.ModuleList([self.conv for _ in range(layers)])
+        self.out_conv = nn.Sequential(nn.Conv2d(channels, 3, 3, 1, 1), nn.Sigmoid())
+        self._register_load_state_dict_pre_hook(_alias_pre_hook("conv", layers))
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        fea = self.in_conv(input)
+        for block in self.blocks:
+            fea = fea + block(fea)
+        return torch.clamp(self.out_conv(fea) + input, 0.0001, 1)
+
+
+class CalibrateNetwork(nn.Module):
+    """Self-calibration: in_conv + BN + ReLU, a shared [conv, BN, ReLU] x 2 block applied ``layers``
+    times residually, out_conv + Sigmoid; returns input - out."""
+
+    def __init__(self, layers: int = 3, channels: int = 16) -> None:
+        super().__init__()
+        self.in_conv = nn.Sequential(nn.Conv2d(3, channels, 3, 1, 1), nn.BatchNorm2d(channels), nn.ReLU())
+        self.convs = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, 1, 1), nn.BatchNorm2d(channels), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, 1, 1), nn.BatchNorm2d(channels), nn.ReLU(),
+        )
+        self.blocks = nn.ModuleList([self.convs for _ in range(layers)])
+        self.out_conv = nn.Sequential(nn.Conv2d(channels, 3, 3, 1, 1), nn.Sigmoid())
+        self._register_load_state_dict_pre_hook(_alias_pre_hook("convs", layers))
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        fea = self.in_conv(input)
+        for block in self.blocks:
+            fea = fea + block(fea)
+        return input - self.out_conv(fea)
+
+
+def weights_init_(module: nn.Module) -> None:
+    """SCI's init: conv weights N(0, 0.02), conv bias 0, BatchNorm weight N(1, 0.02)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+
+
+class SCINetwork(EnhancementModel):
+    """SCI's training ``Network(stage)``. ``forward(x)`` returns (illuminations, reflectances,
+    stage inputs, |attention|), one entry per stage; ``_loss(x)`` the training loss."""
+
+    def __init__(self, stage: int = 3) -> None:
+        super().__init__()
+        if isinstance(stage, bool) or not isinstance(stage, int) or stage < 1:
+            raise ValueError(f"stage: expected a positive integer, got {stage!r}")
+        self.stage = stage
+        self.enhance = EnhanceNetwork(layers=1, channels=3)
+        self.calibrate = CalibrateNetwork(layers=3, channels=16)
+        self._criterion = None
+        weights_init_(self)
+
+    def weights_init(self, m: nn.Module) -> None:
+        """The original's per-module init, for ``module.apply(model.weights_init)``."""
+        if isinstance(m, (nn.Conv2d, nn.BatchNorm2d)):
+            weights_init_(m)
+
+    def forward(self, input: torch.Tensor):
+        self._check_input(input, "input")
+        ilist, rlist, inlist, attlist = [], [], [], []
+        input_op = input
+        for _ in range(self.stage):
+            inlist.append(input_op)
+            i = self.enhance(input_op)
+            r = torch.clamp(input / i, 0, 1)
+            att = self.calibrate(r)
+            input_op = input + att
+            ilist.append(i)
+            rlist.append(r)
+            attlist.append(torch.abs(att))
+        return ilist, rlist, inlist, attlist
+
+    def _loss(self, input: torch.Tensor) -> torch.Tensor:
+        """Sum over stages of LossFunction(stage input, illumination) (1.5 MSE + SmoothLoss)."""
+        if self._criterion is None:
+            from lowlight_fast.losses import LossFunction
+
+            self._criterion = LossFunction()
+        i_list, _, in_list, _ = self(input)
+        loss = 0
+        for k in range(self.stage):
+            loss = loss + self._criterion(in_list[k], i_list[k])
+        return loss
+
+    @torch.no_grad()
+    def enhance_image(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(x)[1][0]
+
+
+class SCIFinetune(EnhancementModel):
+    """SCI's inference ``Finetunemodel``: the illumination estimator; ``forward(x)`` returns
+    ``(illumination, reflectance)`` with reflectance = clamp(x / illumination, 0, 1), the enhanced
+    image. Equals stage 0 of :class:`SCINetwork`. ``weights`` (optional): a checkpoint path or
+    state_dict, of this model or of a whole SCINetwork (its ``calibrate.*`` keys are ignored, as the
+    original does)."""
+
+    def __init__(self, weights=None) -> None:
+        super().__init__()
+        self.enhance = EnhanceNetwork(layers=1, channels=3)
+        weights_init_(self)
+        self._register_load_state_dict_pre_hook(_drop_calibrate)
+        if weights is not None:
+            from lowlight_fast.models.checkpoint import load_weights
+
+            load_weights(self, weights)
+
+    def forward(self, input: torch.Tensor):
+        self._check_input(input, "input")
+        i = self.enhance(input)
+        return i, torch.clamp(input / i, 0, 1)
+
+    @torch.no_grad()
+    def enhance_image(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(x)[1]
+
+
+def _drop_calibrate(state_dict, prefix, *args):
+    for key in [k for k in state_dict if k.startswith(prefix + "calibrate.")]:
+        del state_dict[key]

@@ -1,0 +1,54 @@
+"""Zero-DCE (``enhance_net_nopool``): seven 3x3 convs predict 8 curve maps; 79,416 parameters.
+
+Parameter names are those of the original checkpoints (``e_conv1`` .. ``e_conv7``), so the authors'
+``.pth`` files load unchanged.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowlight_fast.models._common import EnhancementModel, curve_ops, init_conv_normal_
+
+
+class ZeroDCE(EnhancementModel):
+    """Zero-DCE. ``forward(x)`` returns ``(image_after_4_steps, image_after_8_steps, r)`` like the original.
+
+    ``fused=True`` applies the 8 curve steps with the fused op (one pass, recomputing backward);
+    ``fused=False`` with the plain-PyTorch reference.
+    """
+
+    def __init__(self, fused: bool = True) -> None:
+        super().__init__()
+        nf = 32
+        self.fused = fused
+        self.e_conv1 = nn.Conv2d(3, nf, 3, 1, 1, bias=True)
+        self.e_conv2 = nn.Conv2d(nf, nf, 3, 1, 1, bias=True)
+        self.e_conv3 = nn.Conv2d(nf, nf, 3, 1, 1, bias=True)
+        self.e_conv4 = nn.Conv2d(nf, nf, 3, 1, 1, bias=True)
+        self.e_conv5 = nn.Conv2d(nf * 2, nf, 3, 1, 1, bias=True)
+        self.e_conv6 = nn.Conv2d(nf * 2, nf, 3, 1, 1, bias=True)
+        self.e_conv7 = nn.Conv2d(nf * 2, 24, 3, 1, 1, bias=True)
+        init_conv_normal_(self)
+
+    def curve_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """The 24-channel curve-parameter map r (8 maps of 3 channels), tanh-bounded."""
+        x1 = F.relu(self.e_conv1(x))
+        x2 = F.relu(self.e_conv2(x1))
+        x3 = F.relu(self.e_conv3(x2))
+        x4 = F.relu(self.e_conv4(x3))
+        x5 = F.relu(self.e_conv5(torch.cat([x3, x4], 1)))
+        x6 = F.relu(self.e_conv6(torch.cat([x2, x5], 1)))
+        return torch.tanh(self.e_conv7(torch.cat([x1, x6], 1)))
+
+    def forward(self, x: torch.Tensor):
+        self._check_input(x)
+        r = self.curve_maps(x)
+        enhanced_4, enhanced_8 = curve_ops(self.fused).le_curve(x, r)
+        return enhanced_4, enhanced_8, r
+
+    @torch.no_grad()
+    def enhance_image(self, x: torch.Tensor) -> torch.Tensor:
+        """The enhanced image (after 8 steps), without gradients."""
+        return self.forward(x)[1]

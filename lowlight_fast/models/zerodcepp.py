@@ -1,0 +1,91 @@
+"""Zero-DCE++ (``enhance_net_nopool(scale_factor)``): depthwise-separable convs on a downscaled image
+predict one 3-channel curve map shared by the 8 steps; 10,561 parameters, original key names
+(``e_convN.depth_conv`` / ``e_convN.point_conv``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowlight_fast.models._common import EnhancementModel, curve_ops
+
+
+class DepthwiseSeparableConv(nn.Module):
+    """3x3 depthwise conv then 1x1 pointwise conv, no activation between (the original ``CSDN_Tem``)."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.depth_conv = nn.Conv2d(in_ch, in_ch, 3, 1, 1, groups=in_ch)
+        self.point_conv = nn.Conv2d(in_ch, out_ch, 1, 1, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.point_conv(self.depth_conv(x))
+
+
+CSDN_Tem = DepthwiseSeparableConv  # the original class name
+
+
+class ZeroDCEPlusPlus(EnhancementModel):
+    """Zero-DCE++. ``forward(x)`` returns ``(enhanced_image, curve_map)`` like the original.
+
+    ``scale_factor`` s: the map is predicted on the image downscaled by s (bilinear,
+    align_corners=False) and upscaled back (bilinear, align_corners=True). The original needs H and W
+    to be multiples of s; here any size works: the image is padded at the bottom and right by
+    edge replication to the next multiple of s, enhanced, and cropped back (identical to the original
+    when H and W are multiples of s).
+    """
+
+    def __init__(self, scale_factor: int = 1, fused: bool = True) -> None:
+        super().__init__()
+        if isinstance(scale_factor, bool) or not isinstance(scale_factor, int) or scale_factor < 1:
+            raise ValueError(f"scale_factor: expected a positive integer, got {scale_factor!r}")
+        nf = 32
+        self.scale_factor = scale_factor
+        self.fused = fused
+        self.e_conv1 = DepthwiseSeparableConv(3, nf)
+        self.e_conv2 = DepthwiseSeparableConv(nf, nf)
+        self.e_conv3 = DepthwiseSeparableConv(nf, nf)
+        self.e_conv4 = DepthwiseSeparableConv(nf, nf)
+        self.e_conv5 = DepthwiseSeparableConv(nf * 2, nf)
+        self.e_conv6 = DepthwiseSeparableConv(nf * 2, nf)
+        self.e_conv7 = DepthwiseSeparableConv(nf * 2, 3)
+
+    def curve_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The 3-channel curve map at the working resolution (H/s, W/s), tanh-bounded."""
+        s = self.scale_factor
+        x_down = x if s == 1 else F.interpolate(x, scale_factor=1 / s, mode="bilinear")
+        x1 = F.relu(self.e_conv1(x_down))
+        x2 = F.relu(self.e_conv2(x1))
+        x3 = F.relu(self.e_conv3(x2))
+        x4 = F.relu(self.e_conv4(x3))
+        x5 = F.relu(self.e_conv5(torch.cat([x3, x4], 1)))
+        x6 = F.relu(self.e_conv6(torch.cat([x2, x5], 1)))
+        return torch.tanh(self.e_conv7(torch.cat([x1, x6], 1)))
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.scale_factor
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % s, (-w) % s
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        return x
+
+    def forward(self, x: torch.Tensor):
+        self._check_input(x)
+        h, w = x.shape[-2:]
+        xp = self._pad(x)
+        a = self.curve_map(xp)
+        full = a if self.scale_factor == 1 else F.interpolate(
+            a, size=xp.shape[-2:], mode="bilinear", align_corners=True)
+        enhanced = curve_ops(self.fused).le_curve_shared(xp, a)
+        return enhanced[..., :h, :w], full[..., :h, :w]
+
+    @torch.no_grad()
+    def enhance_image(self, x: torch.Tensor) -> torch.Tensor:
+        """The enhanced image, without gradients; the full-resolution map is never materialised
+        on the fused path (the upsampling happens inside the curve kernel)."""
+        self._check_input(x)
+        h, w = x.shape[-2:]
+        xp = self._pad(x)
+        return curve_ops(self.fused).le_curve_shared(xp, self.curve_map(xp))[..., :h, :w]

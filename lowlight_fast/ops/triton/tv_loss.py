@@ -1,0 +1,141 @@
+"""Triton kernels of tv_loss (Zero-DCE L_TV), registered as custom ops with torch.library.triton_op so
+that autograd, opcheck and torch.compile see them. GPU tensors; CPU tensors under TRITON_INTERPRET=1.
+
+Forward: one program per BLOCK_R image rows sums the squared vertical and horizontal differences of
+those rows (reads A once, 4 bytes/pixel in float32); the per-program partial sums are reduced by torch.
+Backward: one program per (BLOCK_R rows, BLOCK_W columns) tile writes dA (8 bytes/pixel in float32).
+Accumulation in float32 (float64 for float64 inputs).
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+_BLOCK_R = 8
+_BLOCK_W = 128
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def kernel_op(name: str, fake: Callable) -> Callable:
+    """Registers a function that launches Triton kernels as the custom op ``name``.
+
+    On GPUs: ``torch.library.triton_op`` (torch.compile sees and can optimise the kernels; the fake
+    impl is the function itself). Under TRITON_INTERPRET=1 the interpreter cannot run on the fake
+    tensors that tracing passes, so the op is an opaque ``torch.library.custom_op`` with ``fake``.
+    """
+
+    def register(fn: Callable):
+        if INTERPRETED:
+            op = torch.library.custom_op(name, fn, mutates_args=())
+            op.register_fake(fake)
+            return op
+        return triton_op(name, fn, mutates_args=())
+
+    return register
+
+
+@triton.jit
+def _tv_forward_kernel(x_ptr, part_ptr, H, W, ROWS, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr):
+    # rows are the B*C*H image rows; one program sums BLOCK_R of them
+    pid = tl.program_id(0)
+    acc_t = part_ptr.dtype.element_ty
+    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+    row_ok = rows < ROWS
+    has_down = row_ok & ((rows % H) + 1 < H)
+    base = rows.to(tl.int64) * W
+    acc_h = tl.zeros([BLOCK_R, BLOCK_W], acc_t)
+    acc_w = tl.zeros([BLOCK_R, BLOCK_W], acc_t)
+    for start in range(0, W, BLOCK_W):
+        cols = start + tl.arange(0, BLOCK_W)[None, :]
+        inside = row_ok & (cols < W)
+        has_right = row_ok & (cols + 1 < W)
+        v = tl.load(x_ptr + base + cols, mask=inside, other=0.0).to(acc_t)
+        right = tl.load(x_ptr + base + cols + 1, mask=has_right, other=0.0).to(acc_t)
+        down = tl.load(x_ptr + base + W + cols, mask=inside & has_down, other=0.0).to(acc_t)
+        dw = tl.where(has_right, right - v, 0.0)
+        dh = tl.where(inside & has_down, down - v, 0.0)
+        acc_w += dw * dw
+        acc_h += dh * dh
+    tl.store(part_ptr + 2 * pid, tl.sum(tl.sum(acc_h, axis=1), axis=0))
+    tl.store(part_ptr + 2 * pid + 1, tl.sum(tl.sum(acc_w, axis=1), axis=0))
+
+
+@triton.jit
+def _tv_backward_kernel(k_ptr, x_ptr, out_ptr, H, W, ROWS, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+    cols = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
+    acc_t = k_ptr.dtype.element_ty
+    y = rows % H
+    inside = (rows < ROWS) & (cols < W)
+    has_up = inside & (y > 0)
+    has_down = inside & (y + 1 < H)
+    has_left = inside & (cols > 0)
+    has_right = inside & (cols + 1 < W)
+    base = rows.to(tl.int64) * W
+    kh = tl.load(k_ptr)
+    kw = tl.load(k_ptr + 1)
+    v = tl.load(x_ptr + base + cols, mask=inside, other=0.0).to(acc_t)
+    up = tl.load(x_ptr + base - W + cols, mask=has_up, other=0.0).to(acc_t)
+    down = tl.load(x_ptr + base + W + cols, mask=has_down, other=0.0).to(acc_t)
+    left = tl.load(x_ptr + base + cols - 1, mask=has_left, other=0.0).to(acc_t)
+    right = tl.load(x_ptr + base + cols + 1, mask=has_right, other=0.0).to(acc_t)
+    dh = tl.where(has_up, v - up, 0.0) - tl.where(has_down, down - v, 0.0)
+    dw = tl.where(has_left, v - left, 0.0) - tl.where(has_right, right - v, 0.0)
+    g = kh * dh + kw * dw
+    tl.store(out_ptr + base + cols, g.to(out_ptr.dtype.element_ty), mask=inside)
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _scales(x: torch.Tensor) -> tuple[float, float]:
+    batch, _, height, width = x.shape
+    return 2.0 / (batch * (height - 1) * width), 2.0 / (batch * height * (width - 1))
+
+
+@kernel_op("lowlight_fast::tv_loss_triton", fake=lambda x: x.new_empty(()))
+def tv_loss_triton(x: torch.Tensor) -> torch.Tensor:
+    x = x.contiguous()
+    _, _, height, width = x.shape
+    rows = x.shape[0] * x.shape[1] * height
+    programs = triton.cdiv(rows, _BLOCK_R)
+    part = torch.empty((programs, 2), device=x.device, dtype=_acc_dtype(x.dtype))
+    wrap_triton(_tv_forward_kernel)[(programs,)](
+        x, part, height, width, rows, BLOCK_R=_BLOCK_R, BLOCK_W=_BLOCK_W
+    )
+    sh, sw = _scales(x)
+    sums = part.sum(dim=0)
+    return (sums[0] * sh + sums[1] * sw).to(x.dtype)
+
+
+@kernel_op("lowlight_fast::tv_loss_triton_backward", fake=lambda grad, x: x.new_empty(x.shape))
+def tv_loss_triton_backward(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    x = x.contiguous()
+    _, _, height, width = x.shape
+    rows = x.shape[0] * x.shape[1] * height
+    sh, sw = _scales(x)
+    scale = torch.tensor([2.0 * sh, 2.0 * sw], device=x.device, dtype=_acc_dtype(x.dtype))
+    k = scale * grad.reshape(1).to(scale.dtype)
+    out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+    grid = (triton.cdiv(rows, _BLOCK_R), triton.cdiv(width, _BLOCK_W))
+    wrap_triton(_tv_backward_kernel)[grid](k, x, out, height, width, rows, BLOCK_R=_BLOCK_R, BLOCK_W=_BLOCK_W)
+    return out
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+
+
+def _backward(ctx, grad):
+    (x,) = ctx.saved_tensors
+    return tv_loss_triton_backward(grad, x)
+
+
+tv_loss_triton.register_autograd(_backward, setup_context=_setup_context)
