@@ -210,7 +210,8 @@ class Objective:
                 model._criterion = self.loss  # SCINetwork._loss sums it over the stages
                 total = model._loss(x)
                 return total.float(), {}
-            out = model(x)
+            # under autocast the convs give low-precision curve maps; the curve op wants x in that dtype too
+            out = model(x if amp_dtype is None else x.to(amp_dtype))
         if self.name == "zerodce":
             _, enhanced, r = out
         else:

@@ -169,8 +169,10 @@ def test_batches_depend_on_seed_and_step_only(data_dir):
     assert epochs == {0, 1, 2}  # 7 images, batch 2: 3 steps per epoch
 
 
-def test_amp_and_cosine_run(tmp_path, data_dir):
-    cfg = _cfg(data_dir, tmp_path, steps=2, amp=True, schedule="cosine")
+@pytest.mark.parametrize("model", ["zerodce", "zerodcepp", "sci"])
+def test_amp_and_cosine_run(tmp_path, data_dir, model):
+    cfg = T.TrainConfig.for_model(model, str(data_dir), str(tmp_path), crop=32, size=0, batch_size=2, steps=2,
+                                  checkpoint_every=2, progress=False, amp=True, schedule="cosine")
     result = T.train(cfg)
     saved = T.load_checkpoint(result["checkpoint"])
     assert saved["scheduler"]["last_epoch"] == 2
