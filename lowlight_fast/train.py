@@ -210,8 +210,7 @@ class Objective:
                 model._criterion = self.loss  # SCINetwork._loss sums it over the stages
                 total = model._loss(x)
                 return total.float(), {}
-            # under autocast the convs give low-precision curve maps; the curve op wants x in that dtype too
-            out = model(x if amp_dtype is None else x.to(amp_dtype))
+            out = model(x)  # under autocast: low-precision curve maps, the curve itself promotes to float32
         if self.name == "zerodce":
             _, enhanced, r = out
         else:
