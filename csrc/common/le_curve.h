@@ -12,11 +12,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__) || defined(__HIPCC__)
-#define LOWLIGHT_FAST_HD __host__ __device__ __forceinline__
-#else
-#define LOWLIGHT_FAST_HD inline
-#endif
+#include "common/host_device.h"
 
 #if defined(__CUDACC__) || defined(__HIPCC__) || defined(__clang__)
 #define LOWLIGHT_FAST_UNROLL _Pragma("unroll")
@@ -34,23 +30,23 @@ constexpr int kHalfSteps = 4;  // Zero-DCE also returns the image after this man
 constexpr int kChannels = 3;  // one curve map has 3 channels; Zero-DCE's r has kSteps * kChannels
 
 template <typename T>
-LOWLIGHT_FAST_HD T step(T s, T r) {
+LLF_HD T step(T s, T r) {
   return s + r * (s * s - s);
 }
 
 template <typename T>
-LOWLIGHT_FAST_HD T step_d_state(T s, T r) {
+LLF_HD T step_d_state(T s, T r) {
   return T(1) + r * (T(2) * s - T(1));
 }
 
 template <typename T>
-LOWLIGHT_FAST_HD T step_d_map(T s) {
+LLF_HD T step_d_map(T s) {
   return s * s - s;
 }
 
 // Zero-DCE forward: r[k] is the map of step k.
 template <typename T>
-LOWLIGHT_FAST_HD void forward(T x, const T (&r)[kSteps], T& after4, T& after8) {
+LLF_HD void forward(T x, const T (&r)[kSteps], T& after4, T& after8) {
   T s = x;
 LOWLIGHT_FAST_UNROLL
   for (int k = 0; k < kSteps; ++k) {
@@ -62,7 +58,7 @@ LOWLIGHT_FAST_UNROLL
 
 // Zero-DCE backward from the gradients of both outputs (pass 0 for an output without gradient).
 template <typename T>
-LOWLIGHT_FAST_HD void backward(T x, const T (&r)[kSteps], T g_after4, T g_after8, T& g_x, T (&g_r)[kSteps]) {
+LLF_HD void backward(T x, const T (&r)[kSteps], T g_after4, T g_after8, T& g_x, T (&g_r)[kSteps]) {
   T s[kSteps];  // s[k]: the state entering step k
   s[0] = x;
 LOWLIGHT_FAST_UNROLL
@@ -79,7 +75,7 @@ LOWLIGHT_FAST_UNROLL
 
 // Zero-DCE++ forward: one map for the 8 steps.
 template <typename T>
-LOWLIGHT_FAST_HD T forward_shared(T x, T a) {
+LLF_HD T forward_shared(T x, T a) {
   T s = x;
 LOWLIGHT_FAST_UNROLL
   for (int k = 0; k < kSteps; ++k) s = step(s, a);
@@ -88,7 +84,7 @@ LOWLIGHT_FAST_UNROLL
 
 // Zero-DCE++ backward: gradient to x and to the (full-resolution) map.
 template <typename T>
-LOWLIGHT_FAST_HD void backward_shared(T x, T a, T g_out, T& g_x, T& g_a) {
+LLF_HD void backward_shared(T x, T a, T g_out, T& g_x, T& g_a) {
   T s[kSteps];
   s[0] = x;
 LOWLIGHT_FAST_UNROLL
@@ -114,12 +110,12 @@ struct LinearTap {
 };
 
 template <typename T>
-LOWLIGHT_FAST_HD T align_corners_scale(int64_t in_size, int64_t out_size) {
+LLF_HD T align_corners_scale(int64_t in_size, int64_t out_size) {
   return out_size > 1 ? T(in_size - 1) / T(out_size - 1) : T(0);
 }
 
 template <typename T>
-LOWLIGHT_FAST_HD LinearTap<T> align_corners_tap(int64_t o, int64_t in_size, int64_t out_size, T scale) {
+LLF_HD LinearTap<T> align_corners_tap(int64_t o, int64_t in_size, int64_t out_size, T scale) {
   LinearTap<T> t;
   if (in_size == out_size) {
     t.i0 = t.i1 = o;
@@ -141,7 +137,7 @@ LOWLIGHT_FAST_HD LinearTap<T> align_corners_tap(int64_t o, int64_t in_size, int6
 
 // The bilinear sample at (row tap ty, column tap tx) of a plane with row stride `stride`, in PyTorch's order.
 template <typename T, typename Load>
-LOWLIGHT_FAST_HD T bilinear(const LinearTap<T>& ty, const LinearTap<T>& tx, int64_t stride, Load load) {
+LLF_HD T bilinear(const LinearTap<T>& ty, const LinearTap<T>& tx, int64_t stride, Load load) {
   return ty.w0 * (tx.w0 * load(ty.i0 * stride + tx.i0) + tx.w1 * load(ty.i0 * stride + tx.i1)) +
          ty.w1 * (tx.w0 * load(ty.i1 * stride + tx.i0) + tx.w1 * load(ty.i1 * stride + tx.i1));
 }

@@ -14,13 +14,7 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__CUDACC__) || defined(__HIPCC__)
-#define SL_HD __host__ __device__ __forceinline__
-#elif defined(__GNUC__)
-#define SL_HD inline __attribute__((always_inline))  // inlined into the vectorised CPU loops
-#else
-#define SL_HD inline
-#endif
+#include "common/host_device.h"
 
 namespace lowlight_fast {
 namespace smooth {
@@ -29,23 +23,23 @@ constexpr int kNumOffsets = 12;
 constexpr int kMaxOffset = 2;  // |dy|, |dx| <= 2: images need H, W >= 3
 
 // The 12 unique offsets (dy >= 0); the original's 24 terms are these and their mirrors.
-SL_HD int offset_dy(int k) {
+LLF_HD int offset_dy(int k) {
   const int dy[kNumOffsets] = {1, 0, 1, 1, 2, 0, 2, 2, 1, 1, 2, 2};
   return dy[k];
 }
-SL_HD int offset_dx(int k) {
+LLF_HD int offset_dx(int k) {
   const int dx[kNumOffsets] = {0, 1, 1, -1, 0, 2, 1, -1, 2, -2, 2, -2};
   return dx[k];
 }
 
 // SCI's rgb2yCbCr: out_j = sum_i in_i * M[i][j] + bias_j.
 template <typename T>
-SL_HD T ycbcr_m(int i, int j) {
+LLF_HD T ycbcr_m(int i, int j) {
   const T m[9] = {T(0.257), T(-0.148), T(0.439), T(0.564), T(-0.291), T(-0.368), T(0.098), T(0.439), T(-0.071)};
   return m[i * 3 + j];
 }
 template <typename T>
-SL_HD T ycbcr_bias(int j) {
+LLF_HD T ycbcr_bias(int j) {
   const T b[3] = {T(16.0 / 255.0), T(128.0 / 255.0), T(128.0 / 255.0)};
   return b[j];
 }
@@ -56,7 +50,7 @@ struct Triple {
   int64_t base;
   int64_t stride;
 };
-SL_HD Triple triple_at(int64_t r, bool faithful, int64_t hw) {
+LLF_HD Triple triple_at(int64_t r, bool faithful, int64_t hw) {
   if (faithful) return Triple{3 * r, 1};
   const int64_t b = r / hw;
   return Triple{b * 3 * hw + (r - b * hw), hw};
@@ -64,7 +58,7 @@ SL_HD Triple triple_at(int64_t r, bool faithful, int64_t hw) {
 
 // Forward of one conversion row: Y at the 3 places of the triple.
 template <typename acc_t, typename in_t>
-SL_HD void ycbcr_forward(const in_t* in, acc_t* y, Triple t) {
+LLF_HD void ycbcr_forward(const in_t* in, acc_t* y, Triple t) {
   const acc_t v0 = static_cast<acc_t>(in[t.base]);
   const acc_t v1 = static_cast<acc_t>(in[t.base + t.stride]);
   const acc_t v2 = static_cast<acc_t>(in[t.base + 2 * t.stride]);
@@ -76,7 +70,7 @@ SL_HD void ycbcr_forward(const in_t* in, acc_t* y, Triple t) {
 
 // Backward of one conversion row: d input_i = scale * sum_j M[i][j] dY_j.
 template <typename acc_t, typename out_t>
-SL_HD void ycbcr_backward(const acc_t* gy, out_t* gin, Triple t, acc_t scale) {
+LLF_HD void ycbcr_backward(const acc_t* gy, out_t* gin, Triple t, acc_t scale) {
   const acc_t g0 = gy[t.base], g1 = gy[t.base + t.stride], g2 = gy[t.base + 2 * t.stride];
   for (int i = 0; i < 3; ++i) {
     gin[t.base + i * t.stride] =
@@ -86,7 +80,7 @@ SL_HD void ycbcr_backward(const acc_t* gy, out_t* gin, Triple t, acc_t scale) {
 
 // exp for x <= 0. float on the host: a Cephes-style polynomial (about 1 ulp) written so that a
 // compiler vectorises it inside `#pragma omp simd` loops; float on a GPU: expf; double: exp.
-SL_HD float exp_nonpositive(float x) {
+LLF_HD float exp_nonpositive(float x) {
 #if defined(__CUDA_ARCH__) || defined(__HIP_DEVICE_COMPILE__)
   return expf(x);
 #else
@@ -114,20 +108,20 @@ SL_HD float exp_nonpositive(float x) {
   return p * scale;
 #endif
 }
-SL_HD double exp_nonpositive(double x) { return exp(x); }
+LLF_HD double exp_nonpositive(double x) { return exp(x); }
 
 template <typename T>
-SL_HD T sign_of(T v) {
+LLF_HD T sign_of(T v) {
   return static_cast<T>(v > T(0)) - static_cast<T>(v < T(0));
 }
 template <typename T>
-SL_HD T abs_of(T v) {
+LLF_HD T abs_of(T v) {
   return v < T(0) ? -v : v;
 }
 
 // One pair: returns t = w * sum_c |dO_c| and sets w.
 template <typename T>
-SL_HD T pair_term(T dy0, T dy1, T dy2, T do0, T do1, T do2, T s, T& w) {
+LLF_HD T pair_term(T dy0, T dy1, T dy2, T do0, T do1, T do2, T s, T& w) {
   w = exp_nonpositive(-s * (dy0 * dy0 + dy1 * dy1 + dy2 * dy2));
   return w * (abs_of(do0) + abs_of(do1) + abs_of(do2));
 }

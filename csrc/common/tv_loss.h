@@ -6,20 +6,14 @@
 // Forward reads A once (4 bytes/pixel in float32); backward reads A once and writes dA (8 bytes/pixel).
 #pragma once
 
-#ifndef LLF_HOST_DEVICE
-#if defined(__CUDACC__) || defined(__HIPCC__)
-#define LLF_HOST_DEVICE __host__ __device__
-#else
-#define LLF_HOST_DEVICE
-#endif
-#endif
+#include "common/host_device.h"
 
 namespace lowlight_fast {
 namespace tv {
 
 // The per-pixel gradient: `v` the pixel, neighbours up/down/left/right (any value where absent).
 template <typename T>
-LLF_HOST_DEVICE inline T grad_at(T v, T up, T down, T left, T right, bool has_up, bool has_down,
+LLF_HD T grad_at(T v, T up, T down, T left, T right, bool has_up, bool has_down,
                                  bool has_left, bool has_right, T kh, T kw) {
   const T dh = (has_up ? v - up : T(0)) - (has_down ? down - v : T(0));
   const T dw = (has_left ? v - left : T(0)) - (has_right ? right - v : T(0));
@@ -28,7 +22,7 @@ LLF_HOST_DEVICE inline T grad_at(T v, T up, T down, T left, T right, bool has_up
 
 // The scale factors of the loss: L = h * sh + w * sw.
 template <typename T>
-LLF_HOST_DEVICE inline void scales(long long batch, long long height, long long width, T* sh, T* sw) {
+LLF_HD void scales(long long batch, long long height, long long width, T* sh, T* sw) {
   *sh = T(2) / (T(batch) * T(height - 1) * T(width));
   *sw = T(2) / (T(batch) * T(height) * T(width - 1));
 }

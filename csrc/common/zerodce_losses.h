@@ -8,13 +8,7 @@
 // without the channel-mean term.
 #pragma once
 
-#ifndef LLF_HOST_DEVICE
-#if defined(__CUDACC__) || defined(__HIPCC__)
-#define LLF_HOST_DEVICE __host__ __device__
-#else
-#define LLF_HOST_DEVICE
-#endif
-#endif
+#include "common/host_device.h"
 
 namespace lowlight_fast {
 namespace pooled {
@@ -26,7 +20,7 @@ constexpr int kCell = kPool * kPool * kChannels;  // values averaged into one po
 // The gradient of one pixel from the pooled-map gradient (already divided by kCell, 0 outside the
 // pooled region) and the channel-mean gradient (already divided by H W).
 template <typename T>
-LLF_HOST_DEVICE inline T pixel_grad(T g_cell, T g_channel) {
+LLF_HD T pixel_grad(T g_cell, T g_channel) {
   return g_cell + g_channel;
 }
 

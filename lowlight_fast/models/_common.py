@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lowlight_fast import _validate
@@ -69,3 +70,16 @@ def curve_ops(fused: bool):
     else:
         from lowlight_fast.reference import curve as ops
     return ops
+
+
+def dce_trunk(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The trunk shared by Zero-DCE and Zero-DCE++: ``m.e_conv1`` .. ``m.e_conv7`` with ReLU after 1..6
+    and the skips conv5(cat(x3, x4)), conv6(cat(x2, x5)), conv7(cat(x1, x6)); returns conv7's output
+    (before tanh)."""
+    x1 = F.relu(m.e_conv1(x))
+    x2 = F.relu(m.e_conv2(x1))
+    x3 = F.relu(m.e_conv3(x2))
+    x4 = F.relu(m.e_conv4(x3))
+    x5 = F.relu(m.e_conv5(torch.cat([x3, x4], 1)))
+    x6 = F.relu(m.e_conv6(torch.cat([x2, x5], 1)))
+    return m.e_conv7(torch.cat([x1, x6], 1))

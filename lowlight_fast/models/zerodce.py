@@ -6,10 +6,9 @@ Parameter names are those of the original checkpoints (``e_conv1`` .. ``e_conv7`
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from lowlight_fast.models._common import EnhancementModel, curve_ops, init_conv_normal_
+from lowlight_fast.models._common import EnhancementModel, curve_ops, dce_trunk, init_conv_normal_
 
 
 class ZeroDCE(EnhancementModel):
@@ -34,13 +33,7 @@ class ZeroDCE(EnhancementModel):
 
     def curve_maps(self, x: torch.Tensor) -> torch.Tensor:
         """The 24-channel curve-parameter map r (8 maps of 3 channels), tanh-bounded."""
-        x1 = F.relu(self.e_conv1(x))
-        x2 = F.relu(self.e_conv2(x1))
-        x3 = F.relu(self.e_conv3(x2))
-        x4 = F.relu(self.e_conv4(x3))
-        x5 = F.relu(self.e_conv5(torch.cat([x3, x4], 1)))
-        x6 = F.relu(self.e_conv6(torch.cat([x2, x5], 1)))
-        return torch.tanh(self.e_conv7(torch.cat([x1, x6], 1)))
+        return torch.tanh(dce_trunk(self, x))
 
     def forward(self, x: torch.Tensor):
         self._check_input(x)

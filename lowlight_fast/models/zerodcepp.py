@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowlight_fast.models._common import EnhancementModel, curve_ops
+from lowlight_fast.models._common import EnhancementModel, curve_ops, dce_trunk
 
 
 class DepthwiseSeparableConv(nn.Module):
@@ -55,13 +55,7 @@ class ZeroDCEPlusPlus(EnhancementModel):
         """The 3-channel curve map at the working resolution (H/s, W/s), tanh-bounded."""
         s = self.scale_factor
         x_down = x if s == 1 else F.interpolate(x, scale_factor=1 / s, mode="bilinear")
-        x1 = F.relu(self.e_conv1(x_down))
-        x2 = F.relu(self.e_conv2(x1))
-        x3 = F.relu(self.e_conv3(x2))
-        x4 = F.relu(self.e_conv4(x3))
-        x5 = F.relu(self.e_conv5(torch.cat([x3, x4], 1)))
-        x6 = F.relu(self.e_conv6(torch.cat([x2, x5], 1)))
-        return torch.tanh(self.e_conv7(torch.cat([x1, x6], 1)))
+        return torch.tanh(dce_trunk(self, x_down))
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         s = self.scale_factor
