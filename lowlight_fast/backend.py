@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from typing import Iterator
 
@@ -50,14 +49,23 @@ def use_backend(name: str) -> Iterator[None]:
         _override.pop()
 
 
-@functools.lru_cache(maxsize=None)
-def triton_available() -> bool:
-    """Triton importable (GPU builds, or TRITON_INTERPRET=1 for CPU tensors)."""
+def _import_triton() -> bool:
     try:
         import triton  # noqa: F401
     except ImportError:
         return False
     return True
+
+
+_triton: bool | None = None  # imported on first use: importing triton is slow
+
+
+def triton_available() -> bool:
+    """Triton importable (GPU builds, or TRITON_INTERPRET=1 for CPU tensors)."""
+    global _triton
+    if _triton is None:
+        _triton = _import_triton()
+    return _triton
 
 
 def triton_runs_on(device: torch.device) -> bool:

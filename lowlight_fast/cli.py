@@ -416,6 +416,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Transparent huge pages for PyTorch's large CPU allocations: every image-sized tensor is fresh
+    # memory, and its page faults cost as much as the convolutions on our CPUs (enhance: 0.80 s ->
+    # 0.39 s per 720x680 image). Read once by torch at its first allocation, so set before importing it.
+    if "torch" not in sys.modules:
+        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -65,3 +65,10 @@ def test_import_without_extension_warns_and_falls_back():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("ok")
+
+
+def test_importing_the_package_does_not_import_torch():
+    """The command line sets torch's allocator options (THP_MEM_ALLOC_ENABLE) before torch is imported."""
+    code = "import sys, lowlight_fast, lowlight_fast.cli; assert 'torch' not in sys.modules; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

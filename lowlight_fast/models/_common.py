@@ -76,10 +76,10 @@ def dce_trunk(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The trunk shared by Zero-DCE and Zero-DCE++: ``m.e_conv1`` .. ``m.e_conv7`` with ReLU after 1..6
     and the skips conv5(cat(x3, x4)), conv6(cat(x2, x5)), conv7(cat(x1, x6)); returns conv7's output
     (before tanh)."""
-    x1 = F.relu(m.e_conv1(x))
-    x2 = F.relu(m.e_conv2(x1))
-    x3 = F.relu(m.e_conv3(x2))
-    x4 = F.relu(m.e_conv4(x3))
-    x5 = F.relu(m.e_conv5(torch.cat([x3, x4], 1)))
-    x6 = F.relu(m.e_conv6(torch.cat([x2, x5], 1)))
+    x1 = F.relu(m.e_conv1(x), inplace=True)  # in place, as the original's ReLU(inplace=True)
+    x2 = F.relu(m.e_conv2(x1), inplace=True)
+    x3 = F.relu(m.e_conv3(x2), inplace=True)
+    x4 = F.relu(m.e_conv4(x3), inplace=True)
+    x5 = F.relu(m.e_conv5(torch.cat([x3, x4], 1)), inplace=True)
+    x6 = F.relu(m.e_conv6(torch.cat([x2, x5], 1)), inplace=True)
     return m.e_conv7(torch.cat([x1, x6], 1))

@@ -13,10 +13,11 @@ from lowlight_fast.reference import zerodce_losses as reference
 
 OP = "tv_loss"
 
-if backend.triton_available():
-    from lowlight_fast.ops.triton import tv_loss as _triton
-else:  # pragma: no cover - triton is a test dependency
-    _triton = None
+def _triton():
+    """The Triton kernels and their ops, imported on first use (importing triton takes seconds)."""
+    from lowlight_fast.ops.triton import tv_loss as kernels
+
+    return kernels
 
 if _ext.has_op(OP):
 
@@ -41,9 +42,9 @@ if _ext.has_op(OP):
 def tv_loss(x: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
     """``weight`` * L_TV of curve maps ``x`` (B, C, H, W), H and W >= 2; a scalar of x's dtype."""
     _validate.check_image(x, "curve_maps", channels=None, min_size=2)
-    which = backend.select(OP, x.device, has_triton=_triton is not None)
+    which = backend.select(OP, x.device, has_triton=True)
     if which == "cpp":
         return weight * torch.ops.lowlight_fast.tv_loss(x)
     if which == "triton":
-        return weight * _triton.tv_loss_triton(x)
+        return weight * _triton().tv_loss_triton(x)
     return reference.illumination_smoothness(x, weight)

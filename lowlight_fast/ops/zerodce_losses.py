@@ -58,10 +58,11 @@ def make_backward(backward_op):
     return _backward
 
 
-if backend.triton_available():
-    from lowlight_fast.ops.triton import zerodce_losses as _triton
-else:  # pragma: no cover - triton is a test dependency
-    _triton = None
+def _triton():
+    """The Triton kernels and their ops, imported on first use (importing triton takes seconds)."""
+    from lowlight_fast.ops.triton import zerodce_losses as kernels
+
+    return kernels
 
 
 if _ext.has_op(OP):
@@ -127,14 +128,14 @@ def pooled_stats(enhanced: torch.Tensor, low: torch.Tensor, *, names: tuple[str,
 
 
 def _backend_for(enhanced: torch.Tensor) -> str:
-    return backend.select(OP, enhanced.device, has_triton=_triton is not None)
+    return backend.select(OP, enhanced.device, has_triton=True)
 
 
 def _run_pooled(which: str, enhanced: torch.Tensor, low: torch.Tensor):
     if which == "cpp":
         return torch.ops.lowlight_fast.zerodce_pooled(enhanced, low)
     if which == "triton":
-        return _triton.zerodce_pooled_triton(enhanced, low)
+        return _triton().zerodce_pooled_triton(enhanced, low)
     return _pooled_reference(enhanced, low)
 
 

@@ -148,7 +148,7 @@ def test_instruction_set_variants_agree(tmp_path):
     x, o = _pair((2, 3, 19, 37), dtype=torch.float32)
     torch.save((x, o), tmp_path / "in.pt")
     code = (
-        "import sys, torch, lowlight_fast\n"
+        "import sys, torch, lowlight_fast.ops\n"
         "x, o = torch.load(sys.argv[1])\n"
         "torch.save(torch.ops.lowlight_fast.smooth_loss_with_grad(x, o, 10.0, True), sys.argv[2])\n"
     )
