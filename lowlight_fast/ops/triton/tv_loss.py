@@ -8,37 +8,15 @@ Accumulation in float32 (float64 for float64 inputs).
 """
 from __future__ import annotations
 
-import os
-from typing import Callable
-
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
+
+from lowlight_fast.ops.triton import kernel_op
 
 _BLOCK_R = 8
 _BLOCK_W = 128
-
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def kernel_op(name: str, fake: Callable) -> Callable:
-    """Registers a function that launches Triton kernels as the custom op ``name``.
-
-    On GPUs: ``torch.library.triton_op`` (torch.compile sees and can optimise the kernels; the fake
-    impl is the function itself). Under TRITON_INTERPRET=1 the interpreter cannot run on the fake
-    tensors that tracing passes, so the op is an opaque ``torch.library.custom_op`` with ``fake``.
-    """
-
-    def register(fn: Callable):
-        if INTERPRETED:
-            op = torch.library.custom_op(name, fn, mutates_args=())
-            op.register_fake(fake)
-            return op
-        return triton_op(name, fn, mutates_args=())
-
-    return register
-
 
 @triton.jit
 def _tv_forward_kernel(x_ptr, part_ptr, H, W, ROWS, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr):

@@ -15,7 +15,7 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from lowlight_fast.ops import zerodce_losses as _ops  # defines the fakes and autograd before importing this
-from lowlight_fast.ops.triton.tv_loss import kernel_op
+from lowlight_fast.ops.triton import kernel_op
 
 POOL = 4
 CELL = POOL * POOL * 3
