@@ -24,6 +24,7 @@ TORCH_LIBRARY(lowlight_fast, m) {
   m.def("smooth_loss_backward(Tensor grad, Tensor input, Tensor output, float sigma, bool faithful) -> (Tensor, Tensor)");
   // --- tv_loss and pooled spatial / exposure / colour losses (Zero-DCE) ---
   m.def("tv_loss(Tensor x) -> Tensor");
+  m.def("tv_loss_with_grad(Tensor x, float weight) -> (Tensor, Tensor)");
   m.def("tv_loss_backward(Tensor grad, Tensor x) -> Tensor");
   m.def("zerodce_pooled(Tensor enhanced, Tensor low) -> (Tensor pooled_enhanced, Tensor pooled_low, Tensor channel_means)");
   m.def("zerodce_pooled_backward(Tensor grad_pooled_enhanced, Tensor grad_pooled_low, Tensor grad_channel_means, Tensor enhanced, bool low_requires_grad) -> (Tensor grad_enhanced, Tensor grad_low)");

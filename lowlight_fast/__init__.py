@@ -5,12 +5,13 @@
 - ``lowlight_fast.ops``: the fused ops; ``lowlight_fast.reference``: the plain-PyTorch originals
 - ``lowlight_fast.compat``: modules named like the authors' files; ``accelerate(module)``
 
+``lowlight_fast.keep_freed_memory()`` makes glibc keep freed CPU memory for reuse (lowlight_fast.memory).
 Importing the package itself does not import torch (the command line sets allocator options first);
 the names below load on first use.
 """
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "accelerate", "build_info", "use_backend"]
+__all__ = ["__version__", "accelerate", "build_info", "keep_freed_memory", "use_backend"]
 
 
 def __getattr__(name):
@@ -22,6 +23,10 @@ def __getattr__(name):
         from lowlight_fast.backend import use_backend
 
         return use_backend
+    if name == "keep_freed_memory":
+        from lowlight_fast.memory import keep_freed_memory
+
+        return keep_freed_memory
     if name == "accelerate":
         from lowlight_fast.compat.accelerate import accelerate
 

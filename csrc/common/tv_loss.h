@@ -3,7 +3,8 @@
 //   L = 2 * (h / ((H-1) W) + w / (H (W-1))) / B
 // dL/dA[y,x] = kh * ((A[y]-A[y-1])[y>0] - (A[y+1]-A[y])[y<H-1]) + kw * (same along x),
 //   kh = 4 / (B (H-1) W), kw = 4 / (B H (W-1)).
-// Forward reads A once (4 bytes/pixel in float32); backward reads A once and writes dA (8 bytes/pixel).
+// Forward reads A once (4 bytes/element in float32); backward (or the forward that also returns the
+// gradient) reads A once and writes dA (8 bytes/element).
 #pragma once
 
 #include "common/host_device.h"
@@ -11,13 +12,10 @@
 namespace lowlight_fast {
 namespace tv {
 
-// The per-pixel gradient: `v` the pixel, neighbours up/down/left/right (any value where absent).
+// The per-element gradient; a neighbour the image does not have is passed as `v` itself (difference 0).
 template <typename T>
-LLF_HD T grad_at(T v, T up, T down, T left, T right, bool has_up, bool has_down,
-                                 bool has_left, bool has_right, T kh, T kw) {
-  const T dh = (has_up ? v - up : T(0)) - (has_down ? down - v : T(0));
-  const T dw = (has_left ? v - left : T(0)) - (has_right ? right - v : T(0));
-  return kh * dh + kw * dw;
+LLF_HD T grad_at(T v, T up, T down, T left, T right, T kh, T kw) {
+  return kh * ((v - up) - (down - v)) + kw * ((v - left) - (right - v));
 }
 
 // The scale factors of the loss: L = h * sh + w * sw.

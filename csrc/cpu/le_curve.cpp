@@ -22,21 +22,7 @@
 #include <vector>
 
 #include "common/le_curve.h"
-
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__x86_64__) && defined(__linux__)
-#define LOWLIGHT_FAST_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define LOWLIGHT_FAST_CLONES
-#endif
-
-// The loops below must be inlined into each clone to be compiled for its instruction set.
-#if defined(__GNUC__)
-#define LOWLIGHT_FAST_INLINE inline __attribute__((always_inline))
-#else
-#define LOWLIGHT_FAST_INLINE inline
-#endif
-
-#define LOWLIGHT_FAST_SIMD _Pragma("omp simd")
+#include "cpu/simd.h"
 
 // The float16/bfloat16 tile buffers are filled by Tile::in before use; GCC cannot see that n > 0.
 #if defined(__GNUC__) && !defined(__clang__)

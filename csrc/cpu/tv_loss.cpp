@@ -1,6 +1,13 @@
 // CPU kernels of tv_loss (Zero-DCE L_TV); the math is in common/tv_loss.h.
-// Forward: one read of A, per-row partial sums (double) reduced in a fixed order (deterministic).
-// Backward: one read of A, one write of dA.
+//   tv_loss             reads A once (4 bytes/element in float32)
+//   tv_loss_with_grad   reads A once and writes weight * dL/dA in the same pass (8 bytes/element): the
+//                       registered backward only scales it (or hands it over as it is when grad is 1)
+//   tv_loss_backward    reads A once and writes dA (8 bytes/element): recomputes
+// One row of one channel is one unit of work: its vertical differences are taken against the row below
+// (the row above for the gradient); a missing neighbour row is the row itself, so its differences are 0
+// and the loop has no branch. The interior of a row runs in 16 lanes (vectorised, one copy per
+// instruction set: cpu/simd.h); per-row partial sums (double) are reduced in row order, so the value is
+// the same for any thread count and instruction set.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -8,12 +15,16 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <tuple>
 #include <vector>
 
 #include "common/tv_loss.h"
+#include "cpu/simd.h"
 
 namespace lowlight_fast {
 namespace {
+
+constexpr int kLanes = 16;
 
 void check_tv_input(const at::Tensor& x, const char* fn) {
   TORCH_CHECK(x.dim() == 4, fn, ": x must be a 4-D tensor (B, C, H, W), got ", x.dim(), "-D with shape ", x.sizes());
@@ -25,32 +36,92 @@ void check_tv_input(const at::Tensor& x, const char* fn) {
 
 int64_t row_grain(int64_t width) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1)); }
 
-at::Tensor tv_loss_cpu(const at::Tensor& x_in) {
-  check_tv_input(x_in, "tv_loss");
-  const at::Tensor x = x_in.contiguous();
+// One row: *h = sum (down-v)^2, *w = sum (right-v)^2, and with kGrad g = tv::grad_at(...) per element.
+// `up` / `down` are the row itself where the image has no such row. T is float or double; S the storage.
+template <bool kGrad, typename S, typename T>
+LOWLIGHT_FAST_INLINE void tv_row(const S* __restrict__ row, const S* __restrict__ up, const S* __restrict__ down,
+                                 S* __restrict__ g, int64_t W, T kh, T kw, double* h, double* w) {
+  T lane_h[kLanes] = {}, lane_w[kLanes] = {};
+  // x = 0: no left neighbour
+  T v = T(row[0]), dr = T(row[1]) - v, dd = T(down[0]) - v;
+  T tail_h = dd * dd, tail_w = dr * dr;
+  if (kGrad) g[0] = S(tv::grad_at(v, T(up[0]), T(down[0]), v, T(row[1]), kh, kw));
+  int64_t x = 1;
+  for (; x + kLanes <= W - 1; x += kLanes) {
+    LOWLIGHT_FAST_SIMD
+    for (int k = 0; k < kLanes; ++k) {
+      const T c = T(row[x + k]);
+      const T right = T(row[x + k + 1]) - c, below = T(down[x + k]) - c;
+      lane_h[k] += below * below;
+      lane_w[k] += right * right;
+      if (kGrad) g[x + k] = S(tv::grad_at(c, T(up[x + k]), T(down[x + k]), T(row[x + k - 1]), T(row[x + k + 1]), kh, kw));
+    }
+  }
+  for (; x < W - 1; ++x) {
+    const T c = T(row[x]);
+    const T right = T(row[x + 1]) - c, below = T(down[x]) - c;
+    tail_h += below * below;
+    tail_w += right * right;
+    if (kGrad) g[x] = S(tv::grad_at(c, T(up[x]), T(down[x]), T(row[x - 1]), T(row[x + 1]), kh, kw));
+  }
+  // x = W - 1: no right neighbour
+  v = T(row[W - 1]);
+  dd = T(down[W - 1]) - v;
+  tail_h += dd * dd;
+  if (kGrad) g[W - 1] = S(tv::grad_at(v, T(up[W - 1]), T(down[W - 1]), T(row[W - 2]), v, kh, kw));
+  double sh = 0.0, sw = 0.0;
+  for (int k = 0; k < kLanes; ++k) {
+    sh += double(lane_h[k]);
+    sw += double(lane_w[k]);
+  }
+  *h = sh + double(tail_h);
+  *w = sw + double(tail_w);
+}
+
+// The rows [r0, r1) of a (rows = B*C*H, W) image stack with H rows per channel.
+template <bool kGrad, typename S, typename T>
+LOWLIGHT_FAST_INLINE void tv_rows(const S* p, S* q, int64_t r0, int64_t r1, int64_t H, int64_t W, T kh, T kw,
+                                  double* part_h, double* part_w) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t y = r % H;
+    const S* row = p + r * W;
+    tv_row<kGrad, S, T>(row, y > 0 ? row - W : row, y + 1 < H ? row + W : row, kGrad ? q + r * W : nullptr, W, kh, kw,
+                        part_h + r, part_w + r);
+  }
+}
+
+// float32: one copy per instruction set; other dtypes: baseline only.
+LOWLIGHT_FAST_CLONES void run_rows(const float* p, float* q, int64_t r0, int64_t r1, int64_t H, int64_t W, float kh,
+                                   float kw, double* ph, double* pw) {
+  if (q != nullptr) {
+    tv_rows<true, float, float>(p, q, r0, r1, H, W, kh, kw, ph, pw);
+  } else {
+    tv_rows<false, float, float>(p, q, r0, r1, H, W, kh, kw, ph, pw);
+  }
+}
+template <typename S, typename T>
+void run_rows(const S* p, S* q, int64_t r0, int64_t r1, int64_t H, int64_t W, T kh, T kw, double* ph, double* pw) {
+  if (q != nullptr) {
+    tv_rows<true, S, T>(p, q, r0, r1, H, W, kh, kw, ph, pw);
+  } else {
+    tv_rows<false, S, T>(p, q, r0, r1, H, W, kh, kw, ph, pw);
+  }
+}
+
+// weight * L_TV(x), and weight * dL/dx into `grad` when it is defined. Returns the loss in double.
+double tv_pass(const at::Tensor& x, const at::Tensor& grad, double weight) {
   const int64_t B = x.size(0), H = x.size(2), W = x.size(3);
   const int64_t rows = x.size(0) * x.size(1) * H;
+  double sh, sw;
+  tv::scales<double>(B, H, W, &sh, &sw);
   std::vector<double> part_h(rows), part_w(rows);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "tv_loss_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    const acc_t kh = acc_t(2.0 * sh * weight), kw = acc_t(2.0 * sw * weight);
     const scalar_t* p = x.const_data_ptr<scalar_t>();
+    scalar_t* q = grad.defined() ? grad.mutable_data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, rows, row_grain(W), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const scalar_t* row = p + r * W;
-        part_w[r] = lane_sum<acc_t>(W - 1, [row](int64_t i) {
-          const acc_t d = acc_t(row[i + 1]) - acc_t(row[i]);
-          return d * d;
-        });
-        if (r % H + 1 < H) {
-          const scalar_t* next = row + W;
-          part_h[r] = lane_sum<acc_t>(W, [row, next](int64_t i) {
-            const acc_t d = acc_t(next[i]) - acc_t(row[i]);
-            return d * d;
-          });
-        } else {
-          part_h[r] = 0.0;
-        }
-      }
+      run_rows(p, q, r0, r1, H, W, kh, kw, part_h.data(), part_w.data());
     });
   });
   double h = 0.0, w = 0.0;
@@ -58,9 +129,21 @@ at::Tensor tv_loss_cpu(const at::Tensor& x_in) {
     h += part_h[r];
     w += part_w[r];
   }
-  double sh, sw;
-  tv::scales<double>(B, H, W, &sh, &sw);
-  return at::scalar_tensor(h * sh + w * sw, x.options());
+  return weight * (h * sh + w * sw);
+}
+
+at::Tensor tv_loss_cpu(const at::Tensor& x_in) {
+  check_tv_input(x_in, "tv_loss");
+  const at::Tensor x = x_in.contiguous();
+  return at::scalar_tensor(tv_pass(x, at::Tensor(), 1.0), x.options());
+}
+
+std::tuple<at::Tensor, at::Tensor> tv_loss_with_grad_cpu(const at::Tensor& x_in, double weight) {
+  check_tv_input(x_in, "tv_loss_with_grad");
+  const at::Tensor x = x_in.contiguous();
+  at::Tensor grad = at::empty_like(x);
+  const double loss = tv_pass(x, grad, weight);
+  return {at::scalar_tensor(loss, x.options()), grad};
 }
 
 at::Tensor tv_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& x_in) {
@@ -69,35 +152,7 @@ at::Tensor tv_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& x_in) 
               grad.sizes());
   const at::Tensor x = x_in.contiguous();
   at::Tensor out = at::empty_like(x);
-  const int64_t B = x.size(0), H = x.size(2), W = x.size(3);
-  const int64_t rows = x.size(0) * x.size(1) * H;
-  const double g = grad.item<double>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "tv_loss_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    double sh, sw;
-    tv::scales<double>(B, H, W, &sh, &sw);
-    const acc_t kh = acc_t(2.0 * sh * g), kw = acc_t(2.0 * sw * g);
-    const scalar_t* p = x.const_data_ptr<scalar_t>();
-    scalar_t* q = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, rows, row_grain(W), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t y = r % H;
-        const bool has_up = y > 0, has_down = y + 1 < H;
-        const scalar_t* row = p + r * W;
-        const scalar_t* up = has_up ? row - W : row;
-        const scalar_t* down = has_down ? row + W : row;
-        scalar_t* o = q + r * W;
-        o[0] = scalar_t(tv::grad_at<acc_t>(acc_t(row[0]), acc_t(up[0]), acc_t(down[0]), acc_t(0), acc_t(row[1]), has_up,
-                                           has_down, false, true, kh, kw));
-        for (int64_t i = 1; i < W - 1; ++i) {
-          o[i] = scalar_t(tv::grad_at<acc_t>(acc_t(row[i]), acc_t(up[i]), acc_t(down[i]), acc_t(row[i - 1]),
-                                             acc_t(row[i + 1]), has_up, has_down, true, true, kh, kw));
-        }
-        o[W - 1] = scalar_t(tv::grad_at<acc_t>(acc_t(row[W - 1]), acc_t(up[W - 1]), acc_t(down[W - 1]), acc_t(row[W - 2]),
-                                               acc_t(0), has_up, has_down, true, false, kh, kw));
-      }
-    });
-  });
+  tv_pass(x, out, grad.item<double>());
   return out;
 }
 
@@ -105,6 +160,7 @@ at::Tensor tv_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& x_in) 
 
 TORCH_LIBRARY_IMPL(lowlight_fast, CPU, m) {
   m.impl("tv_loss", &tv_loss_cpu);
+  m.impl("tv_loss_with_grad", &tv_loss_with_grad_cpu);
   m.impl("tv_loss_backward", &tv_loss_backward_cpu);
 }
 

@@ -8,7 +8,8 @@ Three ops in ``torch.ops.lowlight_fast``:
 
 - ``smooth_loss(input, output, sigma, faithful) -> loss``: the value only (no gradient work).
 - ``smooth_loss_with_grad(...) -> (loss, d loss/d input, d loss/d output)``: one pass; its autograd
-  formula scales the saved gradients by the incoming gradient. Used when a gradient is needed.
+  formula scales the saved gradients by the incoming gradient, or hands them over as they are when
+  it is 1 (``ops/_saved_grad.py``). Used when a gradient is needed.
 - ``smooth_loss_backward(grad, input, output, sigma, faithful) -> (grad_input, grad_output)``: the
   hand-written backward of ``smooth_loss`` (recomputes; also for callers needing only gradients).
 
@@ -23,6 +24,7 @@ import math
 import torch
 
 from lowlight_fast import _ext, _validate, backend
+from lowlight_fast.ops._saved_grad import scale_saved
 from lowlight_fast.reference import sci_losses as reference
 
 __all__ = ["smooth_loss", "YCBCR_MODES"]
@@ -77,7 +79,7 @@ if _ext.has_op(_OP):
         if grad is None:
             return None, None, None, None
         grad_input, grad_output = ctx.saved_tensors
-        return grad * grad_input, grad * grad_output, None, None
+        return scale_saved(grad, grad_input), scale_saved(grad, grad_output), None, None
 
     torch.library.register_autograd(
         "lowlight_fast::smooth_loss_with_grad", _backward_with_grad, setup_context=_setup_with_grad

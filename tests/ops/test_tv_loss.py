@@ -50,6 +50,60 @@ def test_opcheck(backend, device):
     torch.library.opcheck(backward, (torch.tensor(0.7, device=device), x.detach()))
 
 
+def test_with_grad_op_gradcheck_and_opcheck():
+    """tv_loss_with_grad: (weight L, weight dL/dx) in one pass, differentiable through the saved gradient."""
+    x = torch.rand(2, 3, 6, 5, dtype=torch.float64, requires_grad=True)
+    loss, grad = torch.ops.lowlight_fast.tv_loss_with_grad(x, 7.5)
+    want = ref.illumination_smoothness(x, 7.5)
+    g_want, = torch.autograd.grad(want, x)
+    torch.testing.assert_close(loss, want, rtol=1e-13, atol=0)
+    torch.testing.assert_close(grad, g_want, rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(grad, torch.ops.lowlight_fast.tv_loss_backward(torch.tensor(7.5, dtype=torch.float64), x))
+    assert not grad.requires_grad
+    assert torch.autograd.gradcheck(lambda t: torch.ops.lowlight_fast.tv_loss_with_grad(t, 7.5)[0], (x,))
+    torch.library.opcheck(torch.ops.lowlight_fast.tv_loss_with_grad, (x.float().detach().requires_grad_(), 200.0))
+
+
+def test_cpu_gradient_is_the_forward_pass_gradient_handed_over():
+    """loss.backward() sends 1 to the loss: x.grad is then the gradient the forward computed, not a copy."""
+    x = (torch.rand(2, 24, 9, 11) - 0.5).requires_grad_()
+    with use_backend("cpp"):
+        loss = tv_op.tv_loss(x, 200.0)
+    assert "tv_loss_with_grad" in loss.grad_fn.name()
+    saved_ptr = loss.grad_fn.saved_tensors[0].data_ptr()
+    loss.backward()
+    assert x.grad.data_ptr() == saved_ptr  # handed over: no copy, no new allocation
+    want = torch.ops.lowlight_fast.tv_loss_backward(torch.tensor(200.0), x.detach())
+    torch.testing.assert_close(x.grad, want, rtol=1e-6, atol=1e-7)
+
+
+def test_retained_graph_gives_the_same_gradient_every_time():
+    """The saved gradient is handed over only once nothing else holds it: a retained graph keeps it intact."""
+    x = (torch.rand(2, 3, 8, 8, dtype=torch.float64) - 0.5).requires_grad_()
+    with use_backend("cpp"):
+        loss = tv_op.tv_loss(x, 3.0)
+    loss.backward(retain_graph=True)
+    first = x.grad.clone()
+    loss.backward(retain_graph=True)  # accumulates into x.grad
+    torch.testing.assert_close(x.grad, 2 * first, rtol=0, atol=0)
+    g, = torch.autograd.grad(loss, x, retain_graph=True)
+    torch.testing.assert_close(g, first, rtol=0, atol=0)
+    g2, = torch.autograd.grad(2.5 * loss, x)  # not 1: scaled
+    torch.testing.assert_close(g2, 2.5 * first, rtol=1e-15, atol=0)
+
+
+def test_non_leaf_input_and_tensor_weight():
+    y = (torch.rand(1, 3, 6, 7, dtype=torch.float64) - 0.5).requires_grad_()
+    w = torch.tensor(4.0, dtype=torch.float64, requires_grad=True)
+    with use_backend("cpp"):
+        loss = tv_op.tv_loss(2 * y, w) + tv_op.tv_loss(y.exp(), 1.5)
+    gy, gw = torch.autograd.grad(loss, (y, w))
+    want = ref.illumination_smoothness(2 * y, w) + ref.illumination_smoothness(y.exp(), 1.5)
+    gy_want, gw_want = torch.autograd.grad(want, (y, w))
+    torch.testing.assert_close(gy, gy_want)
+    torch.testing.assert_close(gw, gw_want)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_compiles_fullgraph(backend, device):
     torch._dynamo.reset()
@@ -113,6 +167,8 @@ def test_bad_input_raises(x, exc, msg):
 def test_cpp_kernel_checks_its_input():
     with pytest.raises(RuntimeError, match="at least 2x2 pixels"):
         torch.ops.lowlight_fast.tv_loss(torch.rand(1, 3, 1, 4))
+    with pytest.raises(RuntimeError, match="at least 2x2 pixels"):
+        torch.ops.lowlight_fast.tv_loss_with_grad(torch.rand(1, 3, 4, 1), 1.0)
     with pytest.raises(RuntimeError, match="grad must hold one value"):
         torch.ops.lowlight_fast.tv_loss_backward(torch.rand(2), torch.rand(1, 3, 4, 4))
 
