@@ -5,7 +5,7 @@
 - ``lowlight_fast.ops``: the fused ops; ``lowlight_fast.reference``: the plain-PyTorch originals
 - ``lowlight_fast.compat``: modules named like the authors' files; ``accelerate(module)``
 
-``lowlight_fast.keep_freed_memory()`` makes glibc keep freed CPU memory for reuse (lowlight_fast.memory).
+``lowlight_fast.keep_freed_memory()`` keeps freed CPU tensor memory for reuse (lowlight_fast.memory).
 Importing the package itself does not import torch (the command line sets allocator options first);
 the names below load on first use.
 """

@@ -1,61 +1,82 @@
-"""Keep freed CPU memory in the process for reuse (glibc), so that image-sized tensors stop page-faulting.
+"""Keep freed CPU tensor memory for reuse, so that image-sized tensors stop page-faulting (opt-in).
 
-PyTorch's CPU allocator takes every tensor from malloc, and glibc serves large blocks (above 128 KiB to
-32 MiB) with a fresh ``mmap`` and returns them to the system on ``free``. Every image-sized tensor of
-every step is then new memory, and its first touch costs a page fault per 4 KiB page: on our CPU
-machines writing 50 MiB of fresh memory takes 15 ms, writing it again 0.5 ms. The loss gradients and
-activations of a training step are the same sizes step after step, so keeping the freed memory turns
-that cost into nothing (a GPU caching allocator does the same; on the CPU jemalloc or tcmalloc
-preloaded with ``LD_PRELOAD`` are the other usual fix).
+PyTorch takes every CPU tensor from malloc, and glibc serves big blocks with a fresh ``mmap`` and unmaps
+them on ``free``: every image-sized tensor of every step is new memory, and its first touch costs a page
+fault per 4 KiB page. On our CPU machines writing 50 MiB of fresh memory takes 15 ms, writing it again
+0.5 ms; a training step or an image enhancement allocates the same sizes over and over, so that cost is
+a large part of their time. (glibc's ``M_MMAP_MAX=0`` does not fix it: the freed block is left a few
+bytes too small for the next aligned request of the same size. jemalloc or tcmalloc in ``LD_PRELOAD``
+are the usual outside fix.)
 
-:func:`keep_freed_memory` sets glibc's ``M_MMAP_MAX`` to 0 (large blocks come from the heap too) and
-``M_TRIM_THRESHOLD`` to its maximum (freed memory stays with the process). The cost: the process keeps
-its peak resident size until it exits. It is process-wide, so the ``lowlight-fast`` command sets it
-for itself and a library only offers it; benchmarks apply it to every implementation alike when
-``LOWLIGHT_FAST_KEEP_FREED_MEMORY=1``. Does not import torch.
+:func:`keep_freed_memory` installs lowlight_fast's caching CPU allocator (``csrc/cpu/caching_allocator.cpp``)
+in front of PyTorch's: freed blocks of 1 MiB or more are kept, up to a limit, and handed out again for
+requests of the same size class, as a GPU's caching allocator does. It is process-wide, so a library only
+offers it: the ``lowlight-fast`` command turns it on for itself, and the benchmarks turn it on for every
+implementation alike when ``LOWLIGHT_FAST_KEEP_FREED_MEMORY=1``. The cost: up to ``limit`` bytes of freed
+memory stay with the process (:func:`release_cached_memory` gives them back).
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
-import sys
 
-__all__ = ["keep_freed_memory", "ENV"]
+__all__ = [
+    "ENV",
+    "cached_memory_stats",
+    "keep_freed_memory",
+    "keep_freed_memory_if_asked",
+    "release_cached_memory",
+    "stop_keeping_freed_memory",
+]
 
 ENV = "LOWLIGHT_FAST_KEEP_FREED_MEMORY"
 
-# glibc's malloc.h
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_MAX = -4
-_TRIM_MAX = 2**31 - 1  # mallopt takes an int
 
-_applied = False
+def _C():
+    from lowlight_fast import _ext  # imports torch
+
+    return _ext._C
 
 
-def _glibc():
-    if not sys.platform.startswith("linux"):
-        return None
+def _default_limit() -> int:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version  # noqa: B018 (only glibc has it: musl has no mallopt tunables)
-        return libc
-    except (OSError, AttributeError):
-        return None
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        return 4 * 2**30
 
 
-def keep_freed_memory() -> bool:
-    """Make glibc keep freed memory for reuse by this process (see the module text). Returns True when
-    it is in effect, False where it cannot be done (not Linux with glibc). Calling it again is a no-op."""
-    global _applied
-    if _applied:
-        return True
-    libc = _glibc()
-    if libc is None:
-        return False
-    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    _applied = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_MAX))
-    return _applied
+def keep_freed_memory(limit: int | None = None) -> bool:
+    """Turn on the caching CPU allocator: freed CPU tensors of 1 MiB or more are kept (at most ``limit``
+    bytes of them; default: half the physical memory) and reused for the next tensors of their size.
+    Returns True when it is in effect, False where it cannot be (the compiled extension is missing, or
+    another library installed its own CPU allocator). Calling it again changes the limit."""
+    if limit is None:
+        limit = _default_limit()
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ValueError(f"limit: expected a number of bytes >= 0, got {limit!r}")
+    c = _C()
+    return bool(c is not None and c.cpu_cache_enable(limit))
+
+
+def stop_keeping_freed_memory() -> None:
+    """Turn caching off and give the cached blocks back (tensors still go through the allocator, uncached)."""
+    c = _C()
+    if c is not None:
+        c.cpu_cache_disable()
+
+
+def release_cached_memory() -> None:
+    """Give the cached (freed, kept) blocks back to the system; caching stays on."""
+    c = _C()
+    if c is not None:
+        c.cpu_cache_empty()
+
+
+def cached_memory_stats() -> dict:
+    """The allocator's counters: enabled, cached_bytes, cached_blocks, live_bytes, hits, misses, limit_bytes."""
+    c = _C()
+    if c is None:
+        return {"enabled": False}
+    return dict(c.cpu_cache_stats())
 
 
 def keep_freed_memory_if_asked() -> bool:

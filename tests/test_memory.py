@@ -1,40 +1,91 @@
-"""lowlight_fast.memory.keep_freed_memory: freed image-sized tensors are reused without page faults."""
+"""lowlight_fast.memory: the caching CPU allocator reuses freed image-sized blocks without page faults."""
 import subprocess
 import sys
 
 import pytest
+import torch
 
-from lowlight_fast import memory
+from lowlight_fast import _ext, memory
 
 _CHILD = """
 import resource, sys
+import torch
 import lowlight_fast
 if sys.argv[1] == "keep":
     assert lowlight_fast.keep_freed_memory() is True
-    assert lowlight_fast.keep_freed_memory() is True  # again: a no-op
-import torch
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-t = torch.empty(16 * 2**20); t.fill_(1.0); del t   # 64 MiB, touched, freed
-before = faults()
-t = torch.empty(16 * 2**20); t.fill_(2.0)
-print(faults() - before)
+counts = []
+for step in range(4):  # a training loop: the same sizes, allocated, written and freed every step
+    before = faults()
+    a = torch.empty(16 * 2**20); a.fill_(1.0)
+    b = torch.empty(3 * 2**20 + 5); b.fill_(2.0)
+    del a, b
+    counts.append(faults() - before)
+print(*counts)
 """
 
-
-def _faults_of_second_allocation(mode: str) -> int:
-    res = subprocess.run([sys.executable, "-c", _CHILD, mode], capture_output=True, text=True, check=True,
-                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)})
-    return int(res.stdout.split()[-1])
+PAGES = (64 + 12) * 2**20 // 4096  # the pages of the two tensors
 
 
-@pytest.mark.skipif(memory._glibc() is None, reason="glibc's malloc only: this system has no mallopt")
-def test_freed_memory_is_reused_without_page_faults():
-    pages = 64 * 2**20 // 4096
-    assert _faults_of_second_allocation("default") > pages // 2  # fresh memory: a fault per page
-    assert _faults_of_second_allocation("keep") < pages // 20  # the freed block, already mapped
+def _faults_per_step(mode: str) -> list[int]:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)}
+    res = subprocess.run([sys.executable, "-c", _CHILD, mode], capture_output=True, text=True, check=True, env=env)
+    return [int(v) for v in res.stdout.split()]
 
 
-def test_env_switch(monkeypatch):
+@pytest.fixture
+def cache():
+    if not _ext.available():
+        pytest.fail("lowlight_fast._C is not built")
+    yield
+    memory.stop_keeping_freed_memory()
+
+
+def test_freed_blocks_are_reused_without_page_faults():
+    default = _faults_per_step("default")
+    assert min(default) > PAGES // 2  # every step is fresh memory: a fault per page
+    kept = _faults_per_step("keep")
+    assert kept[0] > PAGES // 2  # the first step maps the memory
+    assert max(kept[1:]) < PAGES // 20  # later steps reuse it
+
+
+def test_reuse_counts_and_contents(cache):
+    assert memory.keep_freed_memory(limit=64 * 2**20)
+    memory.release_cached_memory()
+    start = memory.cached_memory_stats()
+    a = torch.full((2**20,), 3.0)  # 4 MiB
+    ptr = a.data_ptr()
+    del a
+    stats = memory.cached_memory_stats()
+    assert stats["cached_bytes"] == start["cached_bytes"] + 4 * 2**20
+    b = torch.empty(2**20 - 7)  # the same size class (at most 1/8 larger)
+    assert b.data_ptr() == ptr
+    assert memory.cached_memory_stats()["hits"] == start["hits"] + 1
+    b.fill_(5.0)
+    torch.testing.assert_close(b.sum(), torch.tensor(5.0 * b.numel()), rtol=1e-6, atol=0)
+    small = torch.ones(1000)  # small blocks pass through, never cached
+    del small, b
+    assert memory.cached_memory_stats()["cached_bytes"] == start["cached_bytes"] + 4 * 2**20
+
+
+def test_limit_evicts_oldest_and_release(cache):
+    assert memory.keep_freed_memory(limit=10 * 2**20)
+    memory.release_cached_memory()
+    blocks = [torch.empty(2**20) for _ in range(4)]  # 4 MiB each
+    del blocks
+    assert memory.cached_memory_stats()["cached_bytes"] <= 10 * 2**20
+    memory.release_cached_memory()
+    assert memory.cached_memory_stats()["cached_bytes"] == 0
+    memory.stop_keeping_freed_memory()
+    x = torch.empty(2**20)
+    del x
+    stats = memory.cached_memory_stats()
+    assert not stats["enabled"] and stats["cached_bytes"] == 0
+
+
+def test_bad_limit_and_env_switch(monkeypatch):
+    with pytest.raises(ValueError, match="limit"):
+        memory.keep_freed_memory(limit=-1)
     monkeypatch.delenv(memory.ENV, raising=False)
     assert memory.keep_freed_memory_if_asked() is False
