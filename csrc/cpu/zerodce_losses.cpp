@@ -13,8 +13,8 @@
 #include <tuple>
 #include <vector>
 
-#include "common/tv_loss.h"  // lane_sum
 #include "common/zerodce_losses.h"
+#include "cpu/simd.h"
 
 namespace lowlight_fast {
 namespace {
@@ -23,17 +23,7 @@ using pooled::kCell;
 using pooled::kChannels;
 using pooled::kPool;
 
-// Serial conversions: at::Tensor::to would start a parallel region per small tensor.
-std::vector<double> to_double(const at::Tensor& t) {
-  std::vector<double> out(t.numel());
-  const at::Tensor c = t.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.scalar_type(), "to_double", [&] {
-    const scalar_t* p = c.const_data_ptr<scalar_t>();
-    for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<double>(p[i]);
-  });
-  return out;
-}
-
+// Serial conversion: at::Tensor::to would start a parallel region for a few values.
 at::Tensor from_double(const std::vector<double>& v, at::IntArrayRef sizes, const at::TensorOptions& options) {
   at::Tensor out = at::empty(sizes, options);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "from_double", [&] {
@@ -63,43 +53,82 @@ void check_pair(const at::Tensor& enhanced, const at::Tensor& low, const char* f
               enhanced.scalar_type(), " and ", low.scalar_type());
 }
 
-// col[x] = sum of `rows` consecutive image rows starting at `p` (row stride W).
-template <typename scalar_t, typename acc_t>
-inline void sum_rows(const scalar_t* p, int64_t rows, int64_t W, acc_t* col) {
-  if (rows == kPool) {
-    const scalar_t *r0 = p, *r1 = p + W, *r2 = p + 2 * W, *r3 = p + 3 * W;
-    for (int64_t x = 0; x < W; ++x) col[x] = (acc_t(r0[x]) + acc_t(r1[x])) + (acc_t(r2[x]) + acc_t(r3[x]));
-    return;
+// Sum of v[0..n) in 16 lanes (vectorised) and a fixed-order combine: the same value on every
+// instruction set and thread count.
+template <typename acc_t>
+LOWLIGHT_FAST_INLINE double sum16(const acc_t* v, int64_t n) {
+  acc_t lanes[16] = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    LOWLIGHT_FAST_SIMD
+    for (int k = 0; k < 16; ++k) lanes[k] += v[i + k];
   }
-  for (int64_t x = 0; x < W; ++x) col[x] = acc_t(p[x]);
-  for (int64_t k = 1; k < rows; ++k) {
-    const scalar_t* r = p + k * W;
-    for (int64_t x = 0; x < W; ++x) col[x] += acc_t(r[x]);
-  }
+  double total = 0.0;
+  for (int k = 0; k < 16; ++k) total += double(lanes[k]);
+  for (; i < n; ++i) total += double(v[i]);
+  return total;
 }
 
-// Pools one group of 4 rows of one 3-channel image into out[0..W4); optional per-channel sums.
-template <typename scalar_t, typename acc_t>
-inline void pool_group(const scalar_t* img, int64_t plane, int64_t rows, int64_t W, int64_t W4, bool full,
-                       acc_t* col, acc_t* comb, double* channel_sums, scalar_t* out) {
+// Pools one group of (up to) 4 rows of one 3-channel image: the column sums of each channel (`col`),
+// optionally their per-channel totals, and, for a whole group, the 4x4-pooled channel mean into out.
+template <typename S, typename acc_t>
+LOWLIGHT_FAST_INLINE void pool_group(const S* img, int64_t plane, int64_t rows, int64_t W, int64_t W4, bool full,
+                                     acc_t* col, acc_t* comb, double* channel_sums, S* out) {
   for (int c = 0; c < kChannels; ++c) {
-    sum_rows(img + c * plane, rows, W, col);
-    if (channel_sums != nullptr) {
-      channel_sums[c] = static_cast<double>(lane_sum<acc_t>(W, [col](int64_t i) { return col[i]; }));
+    const S* p = img + c * plane;
+    if (rows == kPool) {
+      const S *r0 = p, *r1 = p + W, *r2 = p + 2 * W, *r3 = p + 3 * W;
+      LOWLIGHT_FAST_SIMD
+      for (int64_t x = 0; x < W; ++x) col[x] = (acc_t(r0[x]) + acc_t(r1[x])) + (acc_t(r2[x]) + acc_t(r3[x]));
+    } else {
+      for (int64_t x = 0; x < W; ++x) col[x] = acc_t(p[x]);
+      for (int64_t k = 1; k < rows; ++k) {
+        LOWLIGHT_FAST_SIMD
+        for (int64_t x = 0; x < W; ++x) col[x] += acc_t(p[k * W + x]);
+      }
     }
+    if (channel_sums != nullptr) channel_sums[c] = sum16(col, W);
     if (!full) continue;
     if (c == 0) {
       std::copy(col, col + W, comb);
     } else {
+      LOWLIGHT_FAST_SIMD
       for (int64_t x = 0; x < W; ++x) comb[x] += col[x];
     }
   }
   if (!full) return;
   const acc_t inv = acc_t(1) / acc_t(kCell);
+  LOWLIGHT_FAST_SIMD
   for (int64_t j = 0; j < W4; ++j) {
-    const acc_t* q = comb + kPool * j;
-    out[j] = scalar_t(((q[0] + q[1]) + (q[2] + q[3])) * inv);
+    out[j] = S(((comb[4 * j] + comb[4 * j + 1]) + (comb[4 * j + 2] + comb[4 * j + 3])) * inv);
   }
+}
+
+// The tasks [t0, t1) (task = image b, group g of 4 rows) of zerodce_pooled.
+template <typename S, typename acc_t>
+LOWLIGHT_FAST_INLINE void pool_tasks(const S* e, const S* l, S* pe, S* pl, double* partial, int64_t t0, int64_t t1,
+                                     int64_t H, int64_t W, acc_t* col, acc_t* comb) {
+  const int64_t H4 = H / kPool, W4 = W / kPool, groups = (H + kPool - 1) / kPool, plane = H * W;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t b = t / groups, g = t % groups;
+    const int64_t rows = std::min<int64_t>(kPool, H - g * kPool);
+    const bool full = g < H4;
+    const int64_t offset = b * kChannels * plane + g * kPool * W;
+    const int64_t out = (b * H4 + g) * W4;
+    pool_group<S, acc_t>(e + offset, plane, rows, W, W4, full, col, comb, partial + t * kChannels, pe + out);
+    if (full) pool_group<S, acc_t>(l + offset, plane, rows, W, W4, true, col, comb, nullptr, pl + out);
+  }
+}
+
+// float32: one copy per instruction set (cpu/simd.h); other dtypes: baseline.
+LOWLIGHT_FAST_CLONES void run_pool_tasks(const float* e, const float* l, float* pe, float* pl, double* partial,
+                                         int64_t t0, int64_t t1, int64_t H, int64_t W, float* col, float* comb) {
+  pool_tasks<float, float>(e, l, pe, pl, partial, t0, t1, H, W, col, comb);
+}
+template <typename S, typename acc_t>
+void run_pool_tasks(const S* e, const S* l, S* pe, S* pl, double* partial, int64_t t0, int64_t t1, int64_t H,
+                    int64_t W, acc_t* col, acc_t* comb) {
+  pool_tasks<S, acc_t>(e, l, pe, pl, partial, t0, t1, H, W, col, comb);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> zerodce_pooled_cpu(const at::Tensor& enhanced_in,
@@ -118,22 +147,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> zerodce_pooled_cpu(const at::Tens
     const scalar_t* l = low.const_data_ptr<scalar_t>();
     scalar_t* pe = pooled_enhanced.mutable_data_ptr<scalar_t>();
     scalar_t* pl = pooled_low.mutable_data_ptr<scalar_t>();
-    const int64_t plane = H * W;
     at::parallel_for(0, B * groups, 1, [&](int64_t t0, int64_t t1) {
       std::vector<acc_t> col(W), comb(W);
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t b = t / groups, g = t % groups;
-        const int64_t rows = std::min<int64_t>(kPool, H - g * kPool);
-        const bool full = g < H4;
-        const int64_t offset = b * kChannels * plane + g * kPool * W;
-        const int64_t out = (b * H4 + g) * W4;
-        pool_group<scalar_t, acc_t>(e + offset, plane, rows, W, W4, full, col.data(), comb.data(),
-                                    partial.data() + t * kChannels, pe + out);
-        if (full) {
-          pool_group<scalar_t, acc_t>(l + offset, plane, rows, W, W4, true, col.data(), comb.data(), nullptr,
-                                      pl + out);
-        }
-      }
+      run_pool_tasks(e, l, pe, pl, partial.data(), t0, t1, H, W, col.data(), comb.data());
     });
   });
   std::vector<double> means(B * kChannels);
@@ -223,8 +239,9 @@ std::tuple<at::Tensor, at::Tensor> zerodce_pooled_backward_cpu(const at::Tensor&
 }
 
 // ---- the three losses from the pooled statistics (maps 48x smaller than the images) ----
-// One serial pass over the small maps, in double: as an op it replaces some 40 small eager kernels,
-// each a parallel region that costs more in thread synchronisation than in arithmetic.
+// One op over the small maps, in double, one image per task (per-image terms summed in image order): as
+// an op it replaces some 40 small eager kernels, each a parallel region that costs more in thread
+// synchronisation than in arithmetic.
 
 struct PooledMaps {
   int64_t B, H4, W4;
@@ -246,17 +263,6 @@ PooledMaps check_pooled(const at::Tensor& pe, const at::Tensor& pl, const at::Te
   return {pe.size(0), pe.size(2), pe.size(3)};
 }
 
-// q[b,i,j] = pooled_enhanced - pooled_low; visits the 4 neighbours of (i, j) (0 outside the map).
-template <typename F>
-inline void for_neighbours(const double* q, int64_t H4, int64_t W4, int64_t i, int64_t j, const F& f) {
-  const int64_t di[4] = {0, 0, -1, 1}, dj[4] = {-1, 1, 0, 0};
-  for (int k = 0; k < 4; ++k) {
-    const int64_t ni = i + di[k], nj = j + dj[k];
-    const bool inside = ni >= 0 && ni < H4 && nj >= 0 && nj < W4;
-    f(inside ? q[ni * W4 + nj] : 0.0, inside);
-  }
-}
-
 struct ColorTerms {
   double d_rg, d_rb, d_gb, value;
 };
@@ -268,35 +274,90 @@ inline ColorTerms color_terms(const double* m) {
   return {d_rg, d_rb, d_gb, std::sqrt(d_rg * d_rg + d_rb * d_rb + d_gb * d_gb)};
 }
 
+// q = pooled_enhanced - pooled_low of one image, in double, with a border of zeros: L_spa's neighbours
+// outside the map count as 0, so every cell has 4 neighbours and the loops have no branch.
+class PaddedDiff {
+ public:
+  PaddedDiff(int64_t H4, int64_t W4) : H4_(H4), W4_(W4), stride_(W4 + 2), q_((H4 + 2) * (W4 + 2), 0.0) {}
+
+  template <typename S>
+  void fill(const S* e, const S* l) {
+    for (int64_t i = 0; i < H4_; ++i) {
+      double* row = at(i);
+      for (int64_t j = 0; j < W4_; ++j) row[j] = double(e[i * W4_ + j]) - double(l[i * W4_ + j]);
+    }
+  }
+  double* at(int64_t i) { return q_.data() + (i + 1) * stride_ + 1; }
+  int64_t stride() const { return stride_; }
+
+ private:
+  int64_t H4_, W4_, stride_;
+  std::vector<double> q_;
+};
+
+// sum over the cells of sum over their 4 neighbours of (q - q_neighbour)^2
+inline double spatial_sum(PaddedDiff& q, int64_t H4, int64_t W4) {
+  const int64_t s = q.stride();
+  double total = 0.0;
+  for (int64_t i = 0; i < H4; ++i) {
+    const double* c = q.at(i);
+    double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t j = 0; j < W4; ++j) {
+      const double v = c[j], a = v - c[j - 1], b = v - c[j + 1], u = v - c[j - s], d = v - c[j + s];
+      acc += (a * a + b * b) + (u * u + d * d);
+    }
+    total += acc;
+  }
+  return total;
+}
+
+// Each image's three terms, unnormalised: [spa, exp, col] per image.
+template <typename S>
+void image_terms(const S* pe, const S* pl, const S* means, int64_t B, int64_t H4, int64_t W4, int64_t p,
+                 double exp_mean, double* terms) {
+  const int64_t cells = H4 * W4, Hp = H4 / p, Wp = W4 / p;
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    PaddedDiff q(H4, W4);
+    for (int64_t b = b0; b < b1; ++b) {
+      const S* e = pe + b * cells;
+      q.fill(e, pl + b * cells);
+      double exp = 0.0;
+      for (int64_t i = 0; i < Hp; ++i) {
+        for (int64_t j = 0; j < Wp; ++j) {
+          double acc = 0.0;
+          for (int64_t a = 0; a < p; ++a) {
+            for (int64_t k = 0; k < p; ++k) acc += double(e[(i * p + a) * W4 + j * p + k]);
+          }
+          const double d = acc / double(p * p) - exp_mean;
+          exp += d * d;
+        }
+      }
+      const double m[3] = {double(means[b * 3]), double(means[b * 3 + 1]), double(means[b * 3 + 2])};
+      terms[b * 3] = spatial_sum(q, H4, W4);
+      terms[b * 3 + 1] = exp;
+      terms[b * 3 + 2] = color_terms(m).value;
+    }
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> zerodce_pooled_losses_cpu(const at::Tensor& pooled_enhanced,
                                                                          const at::Tensor& pooled_low,
                                                                          const at::Tensor& channel_means,
                                                                          int64_t exp_patch, double exp_mean) {
   const PooledMaps s = check_pooled(pooled_enhanced, pooled_low, channel_means, exp_patch, "zerodce_pooled_losses");
-  const std::vector<double> pe = to_double(pooled_enhanced), pl = to_double(pooled_low), m = to_double(channel_means);
+  const at::Tensor pe = pooled_enhanced.contiguous(), pl = pooled_low.contiguous(), m = channel_means.contiguous();
   const int64_t p = exp_patch / kPool, Hp = s.H4 / p, Wp = s.W4 / p, cells = s.H4 * s.W4;
-  std::vector<double> q(cells);
-  double spa = 0.0, col = 0.0, exp = 0.0;
-  for (int64_t b = 0; b < s.B; ++b) {
-    const double* e = pe.data() + b * cells;
-    for (int64_t c = 0; c < cells; ++c) q[c] = e[c] - pl[b * cells + c];
-    for (int64_t i = 0; i < s.H4; ++i) {
-      for (int64_t j = 0; j < s.W4; ++j) {
-        const double v = q[i * s.W4 + j];
-        for_neighbours(q.data(), s.H4, s.W4, i, j, [&](double n, bool) { spa += (v - n) * (v - n); });
-      }
-    }
-    for (int64_t i = 0; i < Hp; ++i) {
-      for (int64_t j = 0; j < Wp; ++j) {
-        double acc = 0.0;
-        for (int64_t a = 0; a < p; ++a) {
-          for (int64_t k = 0; k < p; ++k) acc += e[(i * p + a) * s.W4 + j * p + k];
-        }
-        const double d = acc / static_cast<double>(p * p) - exp_mean;
-        exp += d * d;
-      }
-    }
-    col += color_terms(m.data() + b * kChannels).value;
+  std::vector<double> terms(s.B * 3);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pe.scalar_type(), "zerodce_pooled_losses_cpu", [&] {
+    image_terms(pe.const_data_ptr<scalar_t>(), pl.const_data_ptr<scalar_t>(), m.const_data_ptr<scalar_t>(), s.B,
+                s.H4, s.W4, p, exp_mean, terms.data());
+  });
+  double spa = 0.0, exp = 0.0, col = 0.0;
+  for (int64_t b = 0; b < s.B; ++b) {  // image order: deterministic
+    spa += terms[b * 3];
+    exp += terms[b * 3 + 1];
+    col += terms[b * 3 + 2];
   }
   const auto opts = pooled_enhanced.options();
   return {at::scalar_tensor(spa / static_cast<double>(s.B * cells), opts),
@@ -312,54 +373,71 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> zerodce_pooled_losses_backward_cp
       check_pooled(pooled_enhanced, pooled_low, channel_means, exp_patch, "zerodce_pooled_losses_backward");
   TORCH_CHECK(grad_spa.numel() == 1 && grad_col.numel() == 1 && grad_exp.numel() == 1,
               "zerodce_pooled_losses_backward: the loss gradients must hold one value each");
-  const std::vector<double> pe = to_double(pooled_enhanced), pl = to_double(pooled_low), m = to_double(channel_means);
-  const int64_t p = exp_patch / kPool, Hp = s.H4 / p, Wp = s.W4 / p, cells = s.H4 * s.W4;
+  const at::Tensor pe = pooled_enhanced.contiguous(), pl = pooled_low.contiguous(), m = channel_means.contiguous();
+  const int64_t p = exp_patch / kPool, Hp = s.H4 / p, Wp = s.W4 / p, cells = s.H4 * s.W4, H4 = s.H4, W4 = s.W4;
   const double k_spa = grad_spa.item<double>() / static_cast<double>(s.B * cells);
   const double k_col = grad_col.item<double>() / static_cast<double>(s.B);
   const double k_exp = grad_exp.item<double>() / static_cast<double>(s.B * Hp * Wp);
-  std::vector<double> g_pe(s.B * cells, 0.0), g_pl(s.B * cells), g_m(s.B * kChannels);
-  std::vector<double> q(cells);
-  for (int64_t b = 0; b < s.B; ++b) {
-    const double* e = pe.data() + b * cells;
-    double* ge = g_pe.data() + b * cells;
-    for (int64_t c = 0; c < cells; ++c) q[c] = e[c] - pl[b * cells + c];
-    // (q_c - q_n)^2 appears in E[c] and, for an inside neighbour, in E[n]
-    for (int64_t i = 0; i < s.H4; ++i) {
-      for (int64_t j = 0; j < s.W4; ++j) {
-        const double v = q[i * s.W4 + j];
-        double g = 0.0;
-        for_neighbours(q.data(), s.H4, s.W4, i, j, [&](double n, bool inside) { g += (inside ? 4.0 : 2.0) * (v - n); });
-        ge[i * s.W4 + j] = k_spa * g;
-        g_pl[b * cells + i * s.W4 + j] = -k_spa * g;
-      }
-    }
-    const double inv_block = 1.0 / static_cast<double>(p * p);
-    for (int64_t i = 0; i < Hp; ++i) {
-      for (int64_t j = 0; j < Wp; ++j) {
-        double acc = 0.0;
-        for (int64_t a = 0; a < p; ++a) {
-          for (int64_t k = 0; k < p; ++k) acc += e[(i * p + a) * s.W4 + j * p + k];
+  at::Tensor g_pe = at::empty_like(pe), g_pl = at::empty_like(pl), g_m = at::empty_like(m);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pe.scalar_type(), "zerodce_pooled_losses_backward_cpu", [&] {
+    using S = scalar_t;
+    const S* pe_p = pe.const_data_ptr<S>();
+    const S* pl_p = pl.const_data_ptr<S>();
+    const S* m_p = m.const_data_ptr<S>();
+    S* ge_p = g_pe.mutable_data_ptr<S>();
+    S* gl_p = g_pl.mutable_data_ptr<S>();
+    S* gm_p = g_m.mutable_data_ptr<S>();
+    at::parallel_for(0, s.B, 1, [&](int64_t b0, int64_t b1) {
+      PaddedDiff q(H4, W4);
+      std::vector<double> g(cells);
+      for (int64_t b = b0; b < b1; ++b) {
+        const S* e = pe_p + b * cells;
+        q.fill(e, pl_p + b * cells);
+        const int64_t st = q.stride();
+        // d/dq of sum_c sum_n (q_c - q_n)^2 = sum over inside n of 4 (q - q_n) + sum over outside n of 2 q
+        //   = 16 q - 4 (sum of the (zero-padded) neighbours) - 2 (number of outside neighbours) q
+        for (int64_t i = 0; i < H4; ++i) {
+          const double* c = q.at(i);
+          const double rows_out = double(i == 0) + double(i == H4 - 1);
+          double* gi = g.data() + i * W4;
+          LOWLIGHT_FAST_SIMD
+          for (int64_t j = 0; j < W4; ++j) {
+            const double out = rows_out + double(j == 0) + double(j == W4 - 1);
+            const double v = c[j];
+            gi[j] = k_spa * ((16.0 - 2.0 * out) * v - 4.0 * ((c[j - 1] + c[j + 1]) + (c[j - st] + c[j + st])));
+          }
         }
-        const double g = k_exp * 2.0 * (acc * inv_block - exp_mean) * inv_block;
-        for (int64_t a = 0; a < p; ++a) {
-          for (int64_t k = 0; k < p; ++k) ge[(i * p + a) * s.W4 + j * p + k] += g;
+        S* gl = gl_p + b * cells;
+        for (int64_t c = 0; c < cells; ++c) gl[c] = S(-g[c]);
+        const double inv_block = 1.0 / static_cast<double>(p * p);
+        for (int64_t i = 0; i < Hp; ++i) {
+          for (int64_t j = 0; j < Wp; ++j) {
+            double acc = 0.0;
+            for (int64_t a = 0; a < p; ++a) {
+              for (int64_t k = 0; k < p; ++k) acc += double(e[(i * p + a) * W4 + j * p + k]);
+            }
+            const double ge = k_exp * 2.0 * (acc * inv_block - exp_mean) * inv_block;
+            for (int64_t a = 0; a < p; ++a) {
+              for (int64_t k = 0; k < p; ++k) g[(i * p + a) * W4 + j * p + k] += ge;
+            }
+          }
         }
+        S* go = ge_p + b * cells;
+        for (int64_t c = 0; c < cells; ++c) go[c] = S(g[c]);
+        const double mb[3] = {double(m_p[b * 3]), double(m_p[b * 3 + 1]), double(m_p[b * 3 + 2])};
+        const ColorTerms t = color_terms(mb);
+        // d col / d d_xy = d_xy / col; 0 where col = 0 (all channel means equal), where sqrt has no derivative
+        const double s_rg = t.value > 0 ? k_col * t.d_rg / t.value : 0.0;
+        const double s_rb = t.value > 0 ? k_col * t.d_rb / t.value : 0.0;
+        const double s_gb = t.value > 0 ? k_col * t.d_gb / t.value : 0.0;
+        S* gm = gm_p + b * kChannels;
+        gm[0] = S(s_rg * 2.0 * (mb[0] - mb[1]) + s_rb * 2.0 * (mb[0] - mb[2]));
+        gm[1] = S(-s_rg * 2.0 * (mb[0] - mb[1]) - s_gb * 2.0 * (mb[2] - mb[1]));
+        gm[2] = S(-s_rb * 2.0 * (mb[0] - mb[2]) + s_gb * 2.0 * (mb[2] - mb[1]));
       }
-    }
-    const double* mb = m.data() + b * kChannels;
-    const ColorTerms t = color_terms(mb);
-    // d col / d d_xy = d_xy / col; 0 where col = 0 (all channel means equal), where sqrt has no derivative
-    const double s_rg = t.value > 0 ? k_col * t.d_rg / t.value : 0.0;
-    const double s_rb = t.value > 0 ? k_col * t.d_rb / t.value : 0.0;
-    const double s_gb = t.value > 0 ? k_col * t.d_gb / t.value : 0.0;
-    double* gm = g_m.data() + b * kChannels;
-    gm[0] = s_rg * 2.0 * (mb[0] - mb[1]) + s_rb * 2.0 * (mb[0] - mb[2]);
-    gm[1] = -s_rg * 2.0 * (mb[0] - mb[1]) - s_gb * 2.0 * (mb[2] - mb[1]);
-    gm[2] = -s_rb * 2.0 * (mb[0] - mb[2]) + s_gb * 2.0 * (mb[2] - mb[1]);
-  }
-  const auto options = pooled_enhanced.options();
-  return {from_double(g_pe, pooled_enhanced.sizes(), options), from_double(g_pl, pooled_enhanced.sizes(), options),
-          from_double(g_m, channel_means.sizes(), options)};
+    });
+  });
+  return {g_pe, g_pl, g_m};
 }
 
 }  // namespace

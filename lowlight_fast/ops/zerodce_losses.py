@@ -7,7 +7,7 @@ last whole cell are left out of the pools, never out of the channel means). Its 
 d enhanced (and d low when that is needed) in one pass. Everything after it works on maps 16x smaller
 than one channel: L_spa's zero-padded neighbour differences, the 16x16 exposure pool (the 4x4 average
 of the 4x4 pool: floor(floor(H/4)/4) = floor(H/16)), L_color from the channel means. On the CPU that
-part is one serial C++ op, ``zerodce_pooled_losses`` (with its backward); elsewhere a few PyTorch ops.
+part is one C++ op, ``zerodce_pooled_losses`` (with its backward); elsewhere a few PyTorch ops.
 
 Backends: C++ (CPU), Triton (CUDA, or CPU under TRITON_INTERPRET=1), reference (plain PyTorch).
 
@@ -217,7 +217,7 @@ def pooled_losses(
     use_cpp: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mean L_spa(enhanced, low), mean L_color(enhanced), L_exp(enhanced)), unweighted, from the outputs
-    of :func:`pooled_stats`. On the CPU one C++ op (``zerodce_pooled_losses``, serial over the small
+    of :func:`pooled_stats`. On the CPU one C++ op (``zerodce_pooled_losses``, one image per task over the small
     maps); elsewhere, or with ``use_cpp=False``, a few PyTorch ops on the small maps."""
     if use_cpp and pooled_enhanced.device.type == "cpu" and _ext.has_op(LOSSES_OP):
         return torch.ops.lowlight_fast.zerodce_pooled_losses(

@@ -264,7 +264,8 @@ def _pooled_inputs(shape):
 
 
 @pytest.mark.parametrize(
-    "shape,patch", [((2, 1, 5, 7), 16), ((3, 1, 9, 4), 8), ((1, 1, 4, 4), 16), ((2, 1, 13, 10), 4)]
+    "shape,patch",
+    [((2, 1, 5, 7), 16), ((3, 1, 9, 4), 8), ((1, 1, 4, 4), 16), ((2, 1, 13, 10), 4), ((2, 1, 1, 6), 4), ((1, 1, 5, 1), 4)],
 )
 def test_pooled_losses_cpp_match_torch(shape, patch):
     if not _ext.has_op("zerodce_pooled_losses"):
