@@ -64,6 +64,19 @@ def test_with_grad_op_gradcheck_and_opcheck():
     torch.library.opcheck(torch.ops.lowlight_fast.tv_loss_with_grad, (x.float().detach().requires_grad_(), 200.0))
 
 
+@pytest.mark.parametrize("width", [1024, 1027])  # 1027: rows not 16-byte aligned
+def test_large_gradient_written_with_streaming_stores(width):
+    """Gradients of 16 MiB and more are streamed out of a row buffer: same values, any row alignment."""
+    x = torch.rand(1, 4, 1030, width) - 0.5  # > 16 MiB of float32
+    loss, grad = torch.ops.lowlight_fast.tv_loss_with_grad(x, 200.0)
+    x64 = x.double().requires_grad_()
+    want = ref.illumination_smoothness(x64, 200.0)
+    g_want, = torch.autograd.grad(want, x64)
+    torch.testing.assert_close(loss.double(), want.detach(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(grad.double(), g_want, rtol=1e-4, atol=1e-4 * g_want.abs().max().item())
+    torch.testing.assert_close(torch.ops.lowlight_fast.tv_loss_backward(torch.tensor(200.0), x), grad, rtol=0, atol=0)
+
+
 def test_cpu_gradient_is_the_forward_pass_gradient_handed_over():
     """loss.backward() sends 1 to the loss: x.grad is then the gradient the forward computed, not a copy."""
     x = (torch.rand(2, 24, 9, 11) - 0.5).requires_grad_()
