@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "common/le_curve.h"
+#include "cpu/alloc.h"
 #include "cpu/simd.h"
 
 // The float16/bfloat16 tile buffers are filled by Tile::in before use; GCC cannot see that n > 0.
@@ -225,7 +226,7 @@ std::tuple<at::Tensor, at::Tensor> le_curve_cpu(const at::Tensor& x_in, const at
   check_image(x_in, "x", kChannels);
   check_like(r_in, "r", x_in, kSteps * kChannels, true);
   const at::Tensor x = x_in.contiguous(), r = r_in.contiguous();
-  at::Tensor out4 = at::empty_like(x), out8 = at::empty_like(x);
+  at::Tensor out4 = empty_output_like(x), out8 = empty_output_like(x);
   const int64_t HW = x.size(2) * x.size(3);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "le_curve_cpu", [&] {
     using IO = Tile<scalar_t>;
@@ -263,7 +264,7 @@ std::tuple<at::Tensor, at::Tensor> le_curve_backward_cpu(const at::Tensor& x_in,
   const at::Tensor x = x_in.contiguous(), r = r_in.contiguous();
   const at::Tensor g4 = has4 ? grad4_in->contiguous() : at::Tensor();
   const at::Tensor g8 = has8 ? grad8_in->contiguous() : at::Tensor();
-  at::Tensor grad_x = at::empty_like(x), grad_r = at::empty_like(r);
+  at::Tensor grad_x = empty_output_like(x), grad_r = empty_output_like(r);
   const int64_t HW = x.size(2) * x.size(3);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "le_curve_backward_cpu", [&] {
     using IO = Tile<scalar_t>;
@@ -300,7 +301,7 @@ at::Tensor le_curve_shared_cpu(const at::Tensor& x_in, const at::Tensor& a_in) {
   check_image(x_in, "x", kChannels);
   check_like(a_in, "a", x_in, kChannels, false);
   const at::Tensor x = x_in.contiguous(), a = a_in.contiguous();
-  at::Tensor out = at::empty_like(x);
+  at::Tensor out = empty_output_like(x);
   const int64_t H = x.size(2), W = x.size(3);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "le_curve_shared_cpu", [&] {
     using IO = Tile<scalar_t>;
@@ -329,7 +330,7 @@ std::tuple<at::Tensor, at::Tensor> le_curve_shared_backward_cpu(const at::Tensor
   const bool full = a.size(2) == H && a.size(3) == W;
   // grad_a at full resolution: in a's dtype when it is the answer, else in the math type until reduced.
   const at::ScalarType math_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor grad_x = at::empty_like(x);
+  at::Tensor grad_x = empty_output_like(x);
   at::Tensor grad_a_full = full ? at::empty_like(x) : at::empty(x.sizes(), x.options().dtype(math_type));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "le_curve_shared_backward_cpu", [&] {
     using IO = Tile<scalar_t>;

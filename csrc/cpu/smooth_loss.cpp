@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "common/smooth_loss.h"
+#include "cpu/alloc.h"
 
 namespace lowlight_fast {
 namespace smooth {
@@ -403,8 +404,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run(const at::Tensor& input, cons
   const at::Tensor out = output.to(ct).contiguous();
   at::Tensor gin, gout;
   if (with_grad) {
-    gin = at::empty_like(in);
-    gout = at::empty_like(in);
+    gin = empty_output_like(in);
+    gout = empty_output_like(in);
   }
   const double loss = ct == at::kDouble
                           ? smooth_loss_kernel<double>(in, out, sigma, faithful, scale, with_grad ? &gin : nullptr,

@@ -25,6 +25,7 @@
 #endif
 
 #include "common/tv_loss.h"
+#include "cpu/alloc.h"
 #include "cpu/simd.h"
 
 namespace lowlight_fast {
@@ -183,7 +184,7 @@ at::Tensor tv_loss_cpu(const at::Tensor& x_in) {
 std::tuple<at::Tensor, at::Tensor> tv_loss_with_grad_cpu(const at::Tensor& x_in, double weight) {
   check_tv_input(x_in, "tv_loss_with_grad");
   const at::Tensor x = x_in.contiguous();
-  at::Tensor grad = at::empty_like(x);
+  at::Tensor grad = empty_output_like(x);
   const double loss = tv_pass(x, grad, weight);
   return {at::scalar_tensor(loss, x.options()), grad};
 }
@@ -193,7 +194,7 @@ at::Tensor tv_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& x_in) 
   TORCH_CHECK(grad.numel() == 1, "tv_loss_backward: grad must hold one value (the loss is a scalar), got shape ",
               grad.sizes());
   const at::Tensor x = x_in.contiguous();
-  at::Tensor out = at::empty_like(x);
+  at::Tensor out = empty_output_like(x);
   tv_pass(x, out, grad.item<double>());
   return out;
 }

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/zerodce_losses.h"
+#include "cpu/alloc.h"
 #include "cpu/simd.h"
 
 namespace lowlight_fast {
@@ -196,9 +197,9 @@ std::tuple<at::Tensor, at::Tensor> zerodce_pooled_backward_cpu(const at::Tensor&
   const at::Tensor gpe = grad_pooled_enhanced.contiguous();
   const at::Tensor gpl = grad_pooled_low.contiguous();
   const at::Tensor gm = grad_channel_means.contiguous();
-  at::Tensor grad_enhanced = at::empty({B, kChannels, H, W}, enhanced.options());
+  at::Tensor grad_enhanced = empty_output({B, kChannels, H, W}, enhanced.options());
   at::Tensor grad_low =
-      low_requires_grad ? at::empty({B, kChannels, H, W}, enhanced.options()) : at::empty({0}, enhanced.options());
+      low_requires_grad ? empty_output({B, kChannels, H, W}, enhanced.options()) : at::empty({0}, enhanced.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, enhanced.scalar_type(), "zerodce_pooled_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* ge = gpe.const_data_ptr<scalar_t>();
