@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("enhance", "demo", "train"):
         from lowlight_fast.memory import keep_freed_memory
 
-        keep_freed_memory()  # Zero-DCE at 720x680: 0.27 s per image instead of 0.38 s (THP) / 0.83 s
+        keep_freed_memory()  # Zero-DCE at 720x680: 0.25-0.29 s per image; THP alone 0.30-0.61 s, neither 0.78 s
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -89,3 +89,14 @@ def test_bad_limit_and_env_switch(monkeypatch):
         memory.keep_freed_memory(limit=-1)
     monkeypatch.delenv(memory.ENV, raising=False)
     assert memory.keep_freed_memory_if_asked() is False
+
+
+def test_command_line_keeps_freed_memory_for_heavy_commands(monkeypatch, tmp_path):
+    from lowlight_fast import cli
+
+    calls = []
+    monkeypatch.setattr(memory, "keep_freed_memory", lambda *a, **k: calls.append("on") or True)
+    cli.main(["info"])
+    assert calls == []
+    cli.main(["enhance", str(tmp_path / "missing.png"), "-o", str(tmp_path / "out")])  # fails: no such file
+    assert calls == ["on"]
