@@ -105,19 +105,29 @@ LOWLIGHT_FAST_INLINE void pool_group(const S* img, int64_t plane, int64_t rows, 
   }
 }
 
-// The tasks [t0, t1) (task = image b, group g of 4 rows) of zerodce_pooled.
+// Task t of the forward and the backward: image b, group g of 4 rows (fewer at the bottom).
+struct GroupTask {
+  int64_t b, rows;
+  int64_t offset;  // of the group's first pixel in a (B, 3, H, W) image
+  int64_t pooled;  // of its row of the (B, 1, H/4, W/4) pooled map
+  bool full;       // 4 whole rows: the group has a pooled row (AvgPool2d's floor drops the others)
+};
+
+LOWLIGHT_FAST_INLINE GroupTask group_task(int64_t t, int64_t H, int64_t W) {
+  const int64_t groups = (H + kPool - 1) / kPool, b = t / groups, g = t % groups;
+  return {b, std::min<int64_t>(kPool, H - g * kPool), b * kChannels * H * W + g * kPool * W,
+          (b * (H / kPool) + g) * (W / kPool), g < H / kPool};
+}
+
+// The tasks [t0, t1) of zerodce_pooled.
 template <typename S, typename acc_t>
 LOWLIGHT_FAST_INLINE void pool_tasks(const S* e, const S* l, S* pe, S* pl, double* partial, int64_t t0, int64_t t1,
                                      int64_t H, int64_t W, acc_t* col, acc_t* comb) {
-  const int64_t H4 = H / kPool, W4 = W / kPool, groups = (H + kPool - 1) / kPool, plane = H * W;
+  const int64_t W4 = W / kPool, plane = H * W;
   for (int64_t t = t0; t < t1; ++t) {
-    const int64_t b = t / groups, g = t % groups;
-    const int64_t rows = std::min<int64_t>(kPool, H - g * kPool);
-    const bool full = g < H4;
-    const int64_t offset = b * kChannels * plane + g * kPool * W;
-    const int64_t out = (b * H4 + g) * W4;
-    pool_group<S, acc_t>(e + offset, plane, rows, W, W4, full, col, comb, partial + t * kChannels, pe + out);
-    if (full) pool_group<S, acc_t>(l + offset, plane, rows, W, W4, true, col, comb, nullptr, pl + out);
+    const GroupTask k = group_task(t, H, W);
+    pool_group<S, acc_t>(e + k.offset, plane, k.rows, W, W4, k.full, col, comb, partial + t * kChannels, pe + k.pooled);
+    if (k.full) pool_group<S, acc_t>(l + k.offset, plane, k.rows, W, W4, true, col, comb, nullptr, pl + k.pooled);
   }
 }
 
@@ -212,11 +222,9 @@ std::tuple<at::Tensor, at::Tensor> zerodce_pooled_backward_cpu(const at::Tensor&
     at::parallel_for(0, B * groups, 1, [&](int64_t t0, int64_t t1) {
       std::vector<acc_t> rep(W);
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t b = t / groups, g = t % groups;
-        const int64_t rows = std::min<int64_t>(kPool, H - g * kPool);
-        const bool full = g < H4;
-        const int64_t offset = b * kChannels * plane + g * kPool * W;
-        const int64_t prow = (b * H4 + g) * W4;
+        const GroupTask k = group_task(t, H, W);
+        const int64_t b = k.b, rows = k.rows, offset = k.offset, prow = k.pooled;
+        const bool full = k.full;
         expand_row<scalar_t, acc_t>(ge + prow, W4, W, full, rep.data());
         for (int c = 0; c < kChannels; ++c) {
           const acc_t gc = acc_t(gmp[b * kChannels + c]) * inv_plane;
