@@ -100,3 +100,41 @@ def test_command_line_keeps_freed_memory_for_heavy_commands(monkeypatch, tmp_pat
     assert calls == []
     cli.main(["enhance", str(tmp_path / "missing.png"), "-o", str(tmp_path / "out")])  # fails: no such file
     assert calls == ["on"]
+
+
+def test_threads_and_forked_workers(cache):
+    """Concurrent allocation from several threads, then a DataLoader that forks workers while blocks are
+    cached: every tensor keeps its own values and the workers allocate without deadlock."""
+    import threading
+
+    assert memory.keep_freed_memory(limit=256 * 2**20)
+    errors = []
+
+    def work(seed):
+        try:
+            for i in range(20):
+                t = torch.full((2**18 + seed * 1000 + i,), float(seed))  # 1 MiB and up: cached sizes
+                u = t * 2
+                if not (bool((u == 2 * seed).all()) and bool((t == seed).all())):
+                    errors.append(seed)
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+    class Big(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.full((2**19,), float(i)).sum()  # 2 MiB in the worker
+
+    loader = torch.utils.data.DataLoader(Big(), batch_size=2, num_workers=2,
+                                         multiprocessing_context="fork")
+    sums = torch.cat(list(loader))
+    torch.testing.assert_close(sums, torch.arange(4.0) * 2**19)

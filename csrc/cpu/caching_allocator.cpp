@@ -18,6 +18,8 @@
 #include <c10/core/CPUAllocator.h>
 #include <c10/util/Exception.h>
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <cstring>
 #include <deque>
@@ -138,6 +140,11 @@ class CachingCPUAllocator final : public c10::Allocator {
     return {cached_bytes_, int64_t(free_.size()), live_bytes_, hits_, misses_, limit_, enabled_};
   }
 
+  // fork() copies one thread: the mutex must not be held by another one at that moment (a DataLoader
+  // worker would otherwise deadlock on its first large tensor). Held across fork, released on both sides.
+  void lock_for_fork() { mutex_.lock(); }
+  void unlock_after_fork() { mutex_.unlock(); }
+
  private:
   static void delete_block(void* p);
 
@@ -158,6 +165,9 @@ void CachingCPUAllocator::delete_block(void* p) {
   if (p != nullptr) g_allocator->release(p);
 }
 
+void before_fork() { g_allocator->lock_for_fork(); }
+void after_fork() { g_allocator->unlock_after_fork(); }
+
 }  // namespace
 
 bool enable(int64_t limit_bytes) {
@@ -167,6 +177,7 @@ bool enable(int64_t limit_bytes) {
     c10::Allocator* base = c10::GetCPUAllocator();
     if (base->raw_deleter() == nullptr) return false;
     g_allocator = new CachingCPUAllocator(base);
+    pthread_atfork(&before_fork, &after_fork, &after_fork);
     c10::SetCPUAllocator(g_allocator, /*priority=*/1);
   }
   if (c10::GetCPUAllocator() != g_allocator) return false;  // another library installed its own
