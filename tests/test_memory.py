@@ -138,3 +138,33 @@ def test_threads_and_forked_workers(cache):
                                          multiprocessing_context="fork")
     sums = torch.cat(list(loader))
     torch.testing.assert_close(sums, torch.arange(4.0) * 2**19)
+
+
+def _thp_mode() -> str:
+    try:
+        text = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        return "unavailable"
+    return text.split("[")[1].split("]")[0]
+
+
+_HUGE_CHILD = """
+import torch, lowlight_fast.ops
+def anon_huge_kib():
+    for line in open("/proc/self/smaps_rollup"):
+        if line.startswith("AnonHugePages:"):
+            return int(line.split()[1])
+x = torch.rand(1, 8, 1024, 2048)  # 64 MiB
+before = anon_huge_kib()
+loss, grad = torch.ops.lowlight_fast.tv_loss_with_grad(x, 1.0)  # a 64 MiB output
+print(anon_huge_kib() - before)
+"""
+
+
+@pytest.mark.skipif(_thp_mode() != "madvise", reason="needs transparent huge pages in madvise mode")
+def test_kernel_outputs_get_huge_pages_unless_turned_off():
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)}
+    run = lambda extra: int(subprocess.run([sys.executable, "-c", _HUGE_CHILD], capture_output=True, text=True,  # noqa: E731
+                                           check=True, env={**env, **extra}).stdout.split()[-1])
+    assert run({}) >= 32 * 1024  # most of the 64 MiB output is in huge pages
+    assert run({"LOWLIGHT_FAST_HUGE_PAGES": "0"}) == 0

@@ -11,6 +11,8 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -20,9 +22,18 @@ namespace lowlight_fast {
 
 constexpr int64_t kHugePage = int64_t(2) << 20;
 
+// LOWLIGHT_FAST_HUGE_PAGES=0 turns the advice off (read once).
+inline bool huge_pages_wanted() {
+  static const bool wanted = [] {
+    const char* v = std::getenv("LOWLIGHT_FAST_HUGE_PAGES");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  return wanted;
+}
+
 inline void advise_huge_pages(void* data, int64_t nbytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  if (nbytes < 2 * kHugePage) return;
+  if (nbytes < 2 * kHugePage || !huge_pages_wanted()) return;
   const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHugePage - 1) & ~uintptr_t(kHugePage - 1);
   const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + uintptr_t(nbytes)) & ~uintptr_t(kHugePage - 1);
   if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);  // advice: errors ignored
