@@ -168,3 +168,27 @@ def test_kernel_outputs_get_huge_pages_unless_turned_off():
                                            check=True, env={**env, **extra}).stdout.split()[-1])
     assert run({}) >= 32 * 1024  # most of the 64 MiB output is in huge pages
     assert run({"LOWLIGHT_FAST_HUGE_PAGES": "0"}) == 0
+
+
+_OOM_CHILD = """
+import resource, torch, lowlight_fast
+from lowlight_fast import memory
+assert memory.keep_freed_memory(limit=2**40)
+def vm_kib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmSize:"):
+            return int(line.split()[1])
+resource.setrlimit(resource.RLIMIT_AS, ((vm_kib() + 600 * 1024) * 1024, resource.RLIM_INFINITY))
+a = torch.empty(300 * 2**20, dtype=torch.uint8); a.fill_(1); del a   # 300 MiB, now cached
+assert memory.cached_memory_stats()["cached_bytes"] >= 300 * 2**20
+b = torch.empty(420 * 2**20, dtype=torch.uint8)  # does not fit beside the cached block
+b.fill_(2)
+print(memory.cached_memory_stats()["cached_bytes"], int(b[-1]))
+"""
+
+
+def test_out_of_memory_gives_the_cache_back_and_retries():
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", _OOM_CHILD], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == ["0", "2"]

@@ -69,7 +69,14 @@ class CachingCPUAllocator final : public c10::Allocator {
       }
       (p != nullptr ? hits_ : misses_) += 1;
     }
-    if (p == nullptr) p = base_->raw_allocate(bytes);
+    if (p == nullptr) {
+      try {
+        p = base_->raw_allocate(bytes);
+      } catch (const c10::Error&) {  // out of memory: give the cached blocks back and try once more
+        empty();
+        p = base_->raw_allocate(bytes);
+      }
+    }
     {
       std::lock_guard<std::mutex> lock(mutex_);
       live_.emplace(p, bytes);

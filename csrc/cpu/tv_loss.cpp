@@ -7,8 +7,9 @@
 // One row of one channel is one unit of work: its vertical differences are taken against the row below
 // (the row above for the gradient); a missing neighbour row is the row itself, so its differences are 0
 // and the loop has no branch. The interior of a row runs in 16 lanes (vectorised, one copy per
-// instruction set: cpu/simd.h); per-row partial sums (double) are reduced in row order, so the value is
-// the same for any thread count and instruction set.
+// instruction set: cpu/simd.h); per-row partial sums (double) are reduced in row order, so the value does
+// not depend on the thread count (the AVX2/AVX-512 copies may differ from baseline x86-64 in the last
+// bits: they contract multiply-adds).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>

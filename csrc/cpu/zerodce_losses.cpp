@@ -54,8 +54,7 @@ void check_pair(const at::Tensor& enhanced, const at::Tensor& low, const char* f
               enhanced.scalar_type(), " and ", low.scalar_type());
 }
 
-// Sum of v[0..n) in 16 lanes (vectorised) and a fixed-order combine: the same value on every
-// instruction set and thread count.
+// Sum of v[0..n) in 16 lanes (vectorised) and a fixed-order combine: the same value for any thread count.
 template <typename acc_t>
 LOWLIGHT_FAST_INLINE double sum16(const acc_t* v, int64_t n) {
   acc_t lanes[16] = {};
