@@ -192,3 +192,18 @@ def test_out_of_memory_gives_the_cache_back_and_retries():
     res = subprocess.run([sys.executable, "-c", _OOM_CHILD], capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.split() == ["0", "2"]
+
+
+def test_blocks_of_sizes_no_longer_used_are_given_back(cache):
+    """Images of ever new sizes (a folder of photos): the cache keeps the recent sizes, not every size."""
+    assert memory.keep_freed_memory(limit=2**40)
+    memory.release_cached_memory()
+    mib = 2**20 // 4
+    for size in range(100):  # 100 "images", each a new size class, 3 blocks each
+        blocks = [torch.empty((8 + size) * mib) for _ in range(3)]
+        del blocks
+    stats = memory.cached_memory_stats()
+    assert stats["cached_blocks"] <= 40  # the blocks of the last dozen sizes at most, not 300
+    again = [torch.empty((8 + 99) * mib) for _ in range(3)]  # the last size is still there
+    assert memory.cached_memory_stats()["hits"] >= stats["hits"] + 3
+    del again

@@ -9,7 +9,9 @@
 // How: blocks of at least kMinBytes are rounded up to a size class (8 per power of two: at most 12.5%
 // more memory) and, when freed, kept in a list for the next request of the same class, as a GPU's
 // caching allocator does. Smaller requests pass straight through. The cached bytes are bounded by a
-// limit; past it the oldest cached blocks go back to the system. The underlying memory comes from the
+// limit; past it the oldest cached blocks go back to the system, and blocks that have not been reused
+// for a long time (kMinStaleAge) go back at the next miss, so that a run over images of many sizes
+// does not keep the blocks of every size it has seen. The underlying memory comes from the
 // allocator that was installed before (PyTorch's default: alignment, huge pages with
 // THP_MEM_ALLOC_ENABLE=1, memory profiler reporting), through its raw interface.
 #include "cpu/caching_allocator.h"
@@ -39,9 +41,15 @@ size_t size_class(size_t n) {
   return (n + step - 1) / step * step;
 }
 
+// A block that has waited for reuse longer than this many large allocations (or twice the longest wait
+// seen before a reuse, if that is more) is stale: the sizes it served are no longer asked for (a folder
+// of images of other sizes). Stale blocks go back to the system at the next miss.
+constexpr uint64_t kMinStaleAge = 32;
+
 struct FreeBlock {
   void* ptr;
   size_t bytes;
+  uint64_t freed_at;  // the large-allocation count when it was freed
 };
 
 class CachingCPUAllocator final : public c10::Allocator {
@@ -55,20 +63,32 @@ class CachingCPUAllocator final : public c10::Allocator {
     }
     const size_t bytes = size_class(n);
     void* p = nullptr;
+    std::deque<void*> stale;
     {
       std::lock_guard<std::mutex> lock(mutex_);
+      ++count_;
       if (enabled_) {
         for (auto it = free_.rbegin(); it != free_.rend(); ++it) {  // most recently freed first: warm
           if (it->bytes == bytes) {
             p = it->ptr;
+            longest_wait_ = std::max(longest_wait_, count_ - it->freed_at);
             cached_bytes_ -= int64_t(bytes);
             free_.erase(std::next(it).base());
             break;
           }
         }
+        if (p == nullptr) {  // a miss: drop the stale blocks (free_ is in the order they were freed)
+          const uint64_t age = std::max(kMinStaleAge, 2 * longest_wait_);
+          while (!free_.empty() && count_ - free_.front().freed_at > age) {
+            stale.push_back(free_.front().ptr);
+            cached_bytes_ -= int64_t(free_.front().bytes);
+            free_.pop_front();
+          }
+        }
       }
       (p != nullptr ? hits_ : misses_) += 1;
     }
+    for (void* q : stale) base_delete_(q);
     if (p == nullptr) {
       try {
         p = base_->raw_allocate(bytes);
@@ -103,7 +123,7 @@ class CachingCPUAllocator final : public c10::Allocator {
         live_.erase(it);
         live_bytes_ -= int64_t(bytes);
         if (enabled_ && int64_t(bytes) <= limit_) {
-          free_.push_back({p, bytes});
+          free_.push_back({p, bytes, count_});
           cached_bytes_ += int64_t(bytes);
           while (cached_bytes_ > limit_) {  // oldest first
             to_free.push_back(free_.front().ptr);
@@ -161,6 +181,7 @@ class CachingCPUAllocator final : public c10::Allocator {
   std::deque<FreeBlock> free_;                  // oldest at the front
   std::unordered_map<void*, size_t> live_;      // cached-size blocks in use
   int64_t cached_bytes_ = 0, live_bytes_ = 0, hits_ = 0, misses_ = 0, limit_ = 0;
+  uint64_t count_ = 0, longest_wait_ = 0;  // large allocations so far; longest wait of a reused block
   bool enabled_ = false;
 };
 
