@@ -10,7 +10,8 @@ are the usual outside fix.)
 
 :func:`keep_freed_memory` installs lowlight_fast's caching CPU allocator (``csrc/cpu/caching_allocator.cpp``)
 in front of PyTorch's: freed blocks of 1 MiB or more are kept, up to a limit, and handed out again for
-requests of the same size class, as a GPU's caching allocator does. It is process-wide, so a library only
+requests of the same size class, as a GPU's caching allocator does; blocks that wait much longer than
+reused ones do (sizes no longer asked for) go back to the system. It is process-wide, so a library only
 offers it: the ``lowlight-fast`` command turns it on for itself, and the benchmarks turn it on for every
 implementation alike when ``LOWLIGHT_FAST_KEEP_FREED_MEMORY=1``. The cost: up to ``limit`` bytes of freed
 memory stay with the process (:func:`release_cached_memory` gives them back).
