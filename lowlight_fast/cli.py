@@ -123,6 +123,7 @@ class Enhancer:
         self.local = model != "zerodcepp" or scale_factor == 1  # see lowlight_fast.tiling
         self.tile = tile
         self._torch = torch
+        self._last_size: tuple[int, int] | None = None
 
     def _run(self, x):
         return self.model.enhance_image(x.to(self.device, non_blocking=True))
@@ -140,6 +141,13 @@ class Enhancer:
 
         torch = self._torch
         h, w = x.shape[-2:]
+        if self._last_size not in (None, (h, w)) and self.device.type == "cpu":
+            # a new size: the freed blocks kept for the previous one (lowlight_fast.memory) would not be
+            # reused and would only add to the peak memory
+            from lowlight_fast.memory import release_cached_memory
+
+            release_cached_memory()
+        self._last_size = (h, w)
         tile = self.tile if self.tile else self._auto_tile(h, w)
         with torch.inference_mode():
             while True:

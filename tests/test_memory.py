@@ -207,3 +207,20 @@ def test_blocks_of_sizes_no_longer_used_are_given_back(cache):
     again = [torch.empty((8 + 99) * mib) for _ in range(3)]  # the last size is still there
     assert memory.cached_memory_stats()["hits"] >= stats["hits"] + 3
     del again
+
+
+def test_enhancer_gives_back_the_blocks_of_the_previous_image_size(cache):
+    """The command line keeps freed blocks while images share a size, and gives them back at a new size."""
+    from lowlight_fast.cli import Enhancer
+
+    assert memory.keep_freed_memory()
+    enhancer = Enhancer("zerodce", None, torch.device("cpu"))
+    first = torch.rand(1, 3, 120, 160) * 0.3
+    enhancer(first)
+    enhancer(first)
+    same = memory.cached_memory_stats()
+    assert same["cached_bytes"] > 0 and same["hits"] > 0  # the second image reused the first one's blocks
+    enhancer(torch.rand(1, 3, 240, 200) * 0.3)  # a new size: the 120x160 blocks are given back first
+    after = memory.cached_memory_stats()
+    assert after["cached_blocks"] <= same["cached_blocks"]
+    torch.testing.assert_close(enhancer(first), enhancer.model.enhance_image(first))

@@ -9,9 +9,10 @@
 // How: blocks of at least kMinBytes are rounded up to a size class (8 per power of two: at most 12.5%
 // more memory) and, when freed, kept in a list for the next request of the same class, as a GPU's
 // caching allocator does. Smaller requests pass straight through. The cached bytes are bounded by a
-// limit; past it the oldest cached blocks go back to the system, and blocks that have not been reused
-// for a long time (kMinStaleAge) go back at the next miss, so that a run over images of many sizes
-// does not keep the blocks of every size it has seen. The underlying memory comes from the
+// limit; past it the oldest cached blocks go back to the system. Blocks that have not been reused for a
+// long time (kMinStaleAge), and, after several misses in a row (new sizes: the next image of a folder
+// of photos), every block freed before those misses go back at the next miss: a run over images of
+// many sizes holds about what it would hold without the cache. The underlying memory comes from the
 // allocator that was installed before (PyTorch's default: alignment, huge pages with
 // THP_MEM_ALLOC_ENABLE=1, memory profiler reporting), through its raw interface.
 #include "cpu/caching_allocator.h"
@@ -45,6 +46,8 @@ size_t size_class(size_t n) {
 // seen before a reuse, if that is more) is stale: the sizes it served are no longer asked for (a folder
 // of images of other sizes). Stale blocks go back to the system at the next miss.
 constexpr uint64_t kMinStaleAge = 32;
+// This many misses in a row mean the sizes asked for have changed: blocks freed before them go back.
+constexpr int kMissesInARow = 4;
 
 struct FreeBlock {
   void* ptr;
@@ -77,8 +80,15 @@ class CachingCPUAllocator final : public c10::Allocator {
             break;
           }
         }
-        if (p == nullptr) {  // a miss: drop the stale blocks (free_ is in the order they were freed)
-          const uint64_t age = std::max(kMinStaleAge, 2 * longest_wait_);
+        if (p != nullptr) {
+          misses_in_a_row_ = 0;
+        } else {  // a miss: drop the stale blocks (free_ is in the order they were freed)
+          if (misses_in_a_row_++ == 0) first_miss_ = count_;
+          // several misses in a row: the sizes have changed (the next image of a folder); what was freed
+          // before the first of them is not waited for any more
+          const uint64_t age = misses_in_a_row_ >= kMissesInARow
+                                   ? count_ - first_miss_
+                                   : std::max(kMinStaleAge, 2 * longest_wait_);
           while (!free_.empty() && count_ - free_.front().freed_at > age) {
             stale.push_back(free_.front().ptr);
             cached_bytes_ -= int64_t(free_.front().bytes);
@@ -182,6 +192,8 @@ class CachingCPUAllocator final : public c10::Allocator {
   std::unordered_map<void*, size_t> live_;      // cached-size blocks in use
   int64_t cached_bytes_ = 0, live_bytes_ = 0, hits_ = 0, misses_ = 0, limit_ = 0;
   uint64_t count_ = 0, longest_wait_ = 0;  // large allocations so far; longest wait of a reused block
+  uint64_t first_miss_ = 0;                // the count at the first of the current run of misses
+  int misses_in_a_row_ = 0;
   bool enabled_ = false;
 };
 
