@@ -432,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in ("enhance", "demo", "train"):
+    if args.command in ("enhance", "demo", "train") and os.environ.get("LOWLIGHT_FAST_KEEP_FREED_MEMORY") != "0":
         from lowlight_fast.memory import keep_freed_memory
 
         keep_freed_memory()  # Zero-DCE at 720x680: 0.25-0.29 s per image; THP alone 0.30-0.61 s, neither 0.78 s

@@ -100,6 +100,9 @@ def test_command_line_keeps_freed_memory_for_heavy_commands(monkeypatch, tmp_pat
     assert calls == []
     cli.main(["enhance", str(tmp_path / "missing.png"), "-o", str(tmp_path / "out")])  # fails: no such file
     assert calls == ["on"]
+    monkeypatch.setenv(memory.ENV, "0")  # the user's opt-out
+    cli.main(["enhance", str(tmp_path / "missing.png"), "-o", str(tmp_path / "out")])
+    assert calls == ["on"]
 
 
 def test_threads_and_forked_workers(cache):
