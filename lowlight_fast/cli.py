@@ -362,6 +362,17 @@ def cmd_info(args) -> int:
     from lowlight_fast.backend import requested
 
     print(f"backend       {requested()} (LOWLIGHT_FAST_BACKEND)")
+    thp = "unknown"
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            thp = f.read().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        pass
+    huge = "off" if os.environ.get("LOWLIGHT_FAST_HUGE_PAGES") == "0" else "on"
+    print(f"CPU memory    caching allocator for enhance/demo/train: "
+          f"{'off' if os.environ.get('LOWLIGHT_FAST_KEEP_FREED_MEMORY') == '0' else 'on'} "
+          f"(LOWLIGHT_FAST_KEEP_FREED_MEMORY); huge pages for kernel outputs: {huge} "
+          f"(LOWLIGHT_FAST_HUGE_PAGES; system THP: {thp})")
     weights = [m for m in MODELS if bundled_weights(m).is_file()]
     print(f"bundled       weights: {', '.join(weights) or 'none'}; samples: {len(bundled_samples())}")
     return 0

@@ -158,7 +158,7 @@ def test_usage_errors(tmp_path, weights_dir):
 
 def test_info_runs():
     proc = run_cli("info", check=True)
-    for word in ("lowlight_fast", "torch", "C++ CPU", "CUDA kernels", "Triton", "devices"):
+    for word in ("lowlight_fast", "torch", "C++ CPU", "CUDA kernels", "Triton", "devices", "CPU memory"):
         assert word in proc.stdout
 
 
