@@ -8,7 +8,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lowlight_fast.models._common import EnhancementModel, curve_ops, dce_trunk, init_conv_normal_
+from lowlight_fast.models._common import (
+    EnhancementModel,
+    curve_ops,
+    dce_trunk,
+    inference_layout,
+    init_conv_normal_,
+)
 
 
 class ZeroDCE(EnhancementModel):
@@ -43,5 +49,7 @@ class ZeroDCE(EnhancementModel):
 
     @torch.no_grad()
     def enhance_image(self, x: torch.Tensor) -> torch.Tensor:
-        """The enhanced image (after 8 steps), without gradients."""
-        return self.forward(x)[1]
+        """The enhanced image (after 8 steps), without gradients (convolutions channels-last on the CPU)."""
+        self._check_input(x)
+        r = torch.tanh(dce_trunk(self, inference_layout(x)))
+        return curve_ops(self.fused).le_curve(x, r)[1]

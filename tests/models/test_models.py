@@ -280,3 +280,38 @@ def test_zerodcepp_training_loss_matches_the_original(scale, fused):
     assert total.item() == pytest.approx(expected["total"], rel=1e-5)
     total.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------- inference path
+@pytest.mark.parametrize(
+    "make,pick",
+    [
+        (lambda: M.ZeroDCE(), lambda out: out[1]),
+        (lambda: M.ZeroDCE(fused=False), lambda out: out[1]),
+        (lambda: M.ZeroDCEPlusPlus(scale_factor=1), lambda out: out[0]),
+        (lambda: M.ZeroDCEPlusPlus(scale_factor=4), lambda out: out[0]),
+        (lambda: M.SCIFinetune(), lambda out: out[1]),
+        (lambda: M.SCINetwork(stage=2), lambda out: out[1][0]),
+    ],
+    ids=["zerodce", "zerodce-reference", "zerodcepp-s1", "zerodcepp-s4", "sci-finetune", "sci-network"],
+)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
+def test_enhance_image_equals_forward_in_any_layout(make, pick, layout):
+    """enhance_image runs the convolutions channels-last on the CPU: same values as forward, for inputs
+    of any layout, and a contiguous result for the models whose output is the whole image."""
+    torch.manual_seed(3)
+    model = make().eval()
+    x = torch.rand(2, 3, 37, 53) * 0.4
+    with torch.no_grad():
+        want = pick(model(x))
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = torch.rand(2, 3, 37, 106)[..., ::2] * 0.4
+        with torch.no_grad():
+            want = pick(model(x.contiguous()))
+    got = model.enhance_image(x)
+    _close(got, want)
+    assert not got.requires_grad
+    if layout != "channels_last" and not isinstance(model, M.ZeroDCEPlusPlus):  # ++ crops: a view
+        assert got.is_contiguous()
