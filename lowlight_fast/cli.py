@@ -446,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("enhance", "demo", "train") and os.environ.get("LOWLIGHT_FAST_KEEP_FREED_MEMORY") != "0":
         from lowlight_fast.memory import keep_freed_memory
 
-        keep_freed_memory()  # Zero-DCE at 720x680: 0.25-0.29 s per image; THP alone 0.30-0.61 s, neither 0.78 s
+        keep_freed_memory()  # Zero-DCE at 720x680: 0.23 s per image; THP alone 0.26-0.50 s, neither 0.46 s
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

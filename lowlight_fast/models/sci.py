@@ -159,7 +159,7 @@ class SCIFinetune(EnhancementModel):
     @torch.no_grad()
     def enhance_image(self, x: torch.Tensor) -> torch.Tensor:
         """The reflectance (the enhanced image), without gradients (convolutions channels-last on the
-        CPU: 1.5x faster at 1080p)."""
+        CPU: 1.3-2x faster at 1080p)."""
         return self.forward(inference_layout(x))[1].contiguous()
 
 
