@@ -429,6 +429,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(p)
     _add_device(p)
 
+    from lowlight_fast.benchmark import add_benchmark_arguments, cmd_benchmark
+
+    p = sub.add_parser("benchmark", help="time the models on this machine, fused against the reference",
+                       description=("Time inference (enhance_image) and one training step (model + loss, "
+                                    "forward + backward) of each model; --reference adds the plain-PyTorch "
+                                    "reference path and the speed-up."))
+    add_benchmark_arguments(p)
+    _add_device(p)
+    p.set_defaults(func=cmd_benchmark)
+
     p = sub.add_parser("info", help="versions, compiled backends and devices")
     p.set_defaults(func=cmd_info)
     return parser
@@ -443,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in ("enhance", "demo", "train") and os.environ.get("LOWLIGHT_FAST_KEEP_FREED_MEMORY") != "0":
+    if args.command in ("enhance", "demo", "train", "benchmark") and \
+            os.environ.get("LOWLIGHT_FAST_KEEP_FREED_MEMORY") != "0":
         from lowlight_fast.memory import keep_freed_memory
 
         keep_freed_memory()  # Zero-DCE at 720x680: 0.23 s per image; THP alone 0.26-0.50 s, neither 0.46 s
