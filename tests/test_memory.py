@@ -169,7 +169,7 @@ def test_kernel_outputs_get_huge_pages_unless_turned_off():
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)}
     run = lambda extra: int(subprocess.run([sys.executable, "-c", _HUGE_CHILD], capture_output=True, text=True,  # noqa: E731
                                            check=True, env={**env, **extra}).stdout.split()[-1])
-    assert run({}) >= 32 * 1024  # most of the 64 MiB output is in huge pages
+    assert run({}) >= 4 * 1024  # huge pages (how many depends on the kernel finding free 2 MiB blocks)
     assert run({"LOWLIGHT_FAST_HUGE_PAGES": "0"}) == 0
 
 
