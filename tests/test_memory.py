@@ -43,11 +43,11 @@ def cache():
 
 
 def test_freed_blocks_are_reused_without_page_faults():
-    default = _faults_per_step("default")
-    assert min(default) > PAGES // 2  # every step is fresh memory: a fault per page
     kept = _faults_per_step("keep")
-    assert kept[0] > PAGES // 2  # the first step maps the memory
-    assert max(kept[1:]) < PAGES // 20  # later steps reuse it
+    assert max(kept[1:]) < PAGES // 20  # after the first step, the memory is reused: almost no faults
+    if _thp_mode() != "always":  # (with THP always on, fresh memory faults once per 2 MiB)
+        assert kept[0] > PAGES // 2  # the first step maps the memory, a fault per page
+        assert min(_faults_per_step("default")) > PAGES // 2  # without the cache every step does
 
 
 def test_reuse_counts_and_contents(cache):
