@@ -12,9 +12,9 @@ from lowlight_fast import _validate
 def flush_subnormal_(module: nn.Module) -> int:
     """Set every subnormal floating parameter and buffer of ``module`` to zero, in place.
 
-    x86 convolutions run 30-70x slower on subnormal operands (REFERENCE.md, "Subnormal weights");
-    a subnormal weight contributes below float32's resolution, so flushing does not change the output
-    in practice. Returns how many values were flushed.
+    Some x86 CPUs run convolutions many times slower on subnormal operands (benchmarks/RESULTS.md says
+    what we measured); a subnormal weight contributes below float32's resolution, so flushing does not
+    change the output in practice. Returns how many values were flushed.
     """
     flushed = 0
     for t in list(module.parameters()) + list(module.buffers()):
@@ -34,7 +34,16 @@ def _flush_after_load(module: nn.Module, incompatible_keys) -> None:
 
 
 class EnhancementModel(nn.Module):
-    """Base of the models: flushes subnormal weights whenever a state_dict is loaded, checks inputs."""
+    """Base of the models: flushes subnormal weights whenever a state_dict is loaded, checks inputs.
+
+    ``check_range``: whether ``forward`` and ``enhance_image`` check that the input lies in [0, 1]. The
+    check costs an extra read of the input and, on a GPU, a device synchronisation, so the loops that
+    know their data is in range turn it off: ``lowlight_fast.train`` and the benchmarks (images from
+    ``lowlight_fast.io``), ``lowlight_fast.enhance`` (it checks each whole image once, not each tile)
+    and the compat classes (the originals do not check). The shape, dtype and device checks always run.
+    """
+
+    check_range: bool = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -42,7 +51,8 @@ class EnhancementModel(nn.Module):
 
     def _check_input(self, x: torch.Tensor, name: str = "x") -> None:
         _validate.check_image(x, name, channels=3)
-        _validate.check_unit_range(x, name)
+        if self.check_range:
+            _validate.check_unit_range(x, name)
         for p in self.parameters():
             if p.device != x.device:
                 raise ValueError(f"{name} is on {x.device} but the model's weights are on {p.device}; "

@@ -1,5 +1,6 @@
-"""Plain-PyTorch versions of every computation in the originals (shared/REFERENCE.md), device- and
-dtype-agnostic. The fused ops are tested against these; ``LOWLIGHT_FAST_BACKEND=reference`` runs them.
+"""Plain-PyTorch versions of every computation in the originals, device- and dtype-agnostic, written
+from the papers' formulas and the observed behaviour of the authors' code (not copied from it). The
+fused ops are tested against these; ``LOWLIGHT_FAST_BACKEND=reference`` runs them.
 
 - :mod:`.curve`: Zero-DCE's 8-step curve (``le_curve``), Zero-DCE++'s shared-map curve
   (``le_curve_shared``, ``upsample_map``)

@@ -1,4 +1,4 @@
-"""The light-enhancement curve of Zero-DCE / Zero-DCE++, in plain PyTorch (REFERENCE.md).
+"""The light-enhancement curve of Zero-DCE / Zero-DCE++, in plain PyTorch.
 
 One step is ``x <- x + r * (x^2 - x)`` (the code's sign: r = -alpha of the paper), applied 8 times.
 """

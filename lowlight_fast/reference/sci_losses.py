@@ -1,4 +1,4 @@
-"""SCI's losses in plain PyTorch, written from REFERENCE.md ("SmoothLoss (SCI)" and "SCI").
+"""SCI's losses in plain PyTorch, written from the paper and the behaviour of SCI's code.
 
 This is what the fused ``smooth_loss`` op is tested against. It materialises every intermediate
 map, like the original, and is slow on large images.

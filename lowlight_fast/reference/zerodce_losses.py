@@ -1,4 +1,4 @@
-"""Plain-PyTorch Zero-DCE / Zero-DCE++ losses, written from the formulas in shared/REFERENCE.md.
+"""Plain-PyTorch Zero-DCE / Zero-DCE++ losses, written from the papers' formulas.
 
 These reproduce the original losses value for value (same pooling, same zero padding, same scale
 factors); the fused ops in :mod:`lowlight_fast.ops` are tested against them. No input checks here:

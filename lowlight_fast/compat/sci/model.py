@@ -5,6 +5,8 @@ from lowlight_fast.models.sci import CalibrateNetwork, EnhanceNetwork, SCIFinetu
 class Network(SCINetwork):
     """``Network(stage=3)``: forward -> (illu_list, ref_list, input_list, att_list); ``_loss(input)``."""
 
+    check_range = False  # as the original: no extra pass over the input (EnhancementModel)
+
     def __init__(self, stage: int = 3) -> None:
         super().__init__(stage=stage)
 
@@ -15,6 +17,8 @@ class Finetunemodel(SCIFinetune):
     Unlike the original, the checkpoint is read with ``map_location="cpu"`` and ``weights_only=True``,
     so GPU-saved weights load on a CPU-only machine.
     """
+
+    check_range = False  # as the original: no extra pass over the input (EnhancementModel)
 
     def __init__(self, weights) -> None:
         super().__init__(weights=weights)
