@@ -6,6 +6,8 @@ expected and what was given.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -64,11 +66,13 @@ def check_same_dtype(**tensors: torch.Tensor) -> None:
 
 
 def check_unit_range(t: torch.Tensor, name: str, *, tol: float = 1e-3) -> None:
-    """Values in [0, 1] (images scaled by 1/255). Skipped while tracing (it needs a device sync)."""
+    """Values in [0, 1] (images scaled by 1/255), NaN rejected. Skipped while tracing (it needs a device sync)."""
     if torch.compiler.is_compiling() or t.is_meta:
         return
-    lo, hi = torch.aminmax(t.detach())
+    lo, hi = torch.aminmax(t.detach())  # NaN propagates into both
     lo, hi = float(lo), float(hi)
+    if math.isnan(lo) or math.isnan(hi):
+        raise ValueError(f"{name}: contains NaN values; expected an image in [0, 1]")
     if lo < -tol or hi > 1 + tol:
         raise ValueError(
             f"{name}: expected values in [0, 1] (an image divided by 255), got min {lo:.4g}, max {hi:.4g}"

@@ -86,7 +86,9 @@ def inference_layout(x: torch.Tensor) -> torch.Tensor:
     """The memory layout the convolutions of an inference run fastest in: channels-last on the CPU
     (oneDNN's NHWC kernels: 1.1-2.5x faster inference, benchmarks/RESULTS.md); elsewhere as it is.
     Only the layout changes; the values, and the curve ops, which take any strides, do not."""
-    return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x
+    if x.device.type != "cpu" or x.dim() != 4:  # other ranks: left to the model's input check to name
+        return x
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def dce_trunk(m: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -58,9 +58,21 @@ def detect_architecture(sd: StateDict) -> str | None:
     return None
 
 
+def check_finite(sd: StateDict, source: str) -> None:
+    """A ValueError naming the first tensor of ``sd`` that holds NaN or inf (such weights turn every
+    image into NaN, which 8-bit output writes as black)."""
+    for key, t in sd.items():
+        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(f"{source}: {key} holds {bad} non-finite value(s) (NaN or inf); "
+                             "these weights are unusable (a diverged training run?)")
+
+
 def load_weights(model: nn.Module, source, map_location="cpu", strict: bool = True) -> nn.Module:
-    """Load original-layout weights into ``model`` (subnormal values are flushed to zero); returns it."""
+    """Load original-layout weights into ``model`` (subnormal values are flushed to zero); returns it.
+    Weights holding NaN or inf are refused with a ValueError."""
     sd = read_state_dict(source, map_location=map_location)
+    check_finite(sd, "state_dict" if isinstance(source, Mapping) else str(source))
     try:
         model.load_state_dict(sd, strict=strict)
     except RuntimeError as exc:
@@ -74,17 +86,23 @@ def save_weights(model: nn.Module, path) -> None:
     """Write ``model``'s state_dict (all alias keys, as the originals write them) atomically.
 
     ``.safetensors`` for a safe format; any other suffix gives a ``torch.save`` file that loads with
-    ``weights_only=True``.
+    ``weights_only=True``. Weights holding NaN or inf are refused (ValueError) and ``path`` is left as it was.
     """
     path = Path(os.fspath(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
     # clone: aliased (shared) modules give tensors sharing storage, which safetensors refuses
     sd = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+    check_finite(sd, f"{type(model).__name__} (not written to {path})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # hidden and per process: never taken for an input, never shared by two writers
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
 
-        save_file(sd, str(tmp))
-    else:
-        torch.save(sd, tmp)
-    os.replace(tmp, path)
+            save_file(sd, str(tmp))
+        else:
+            torch.save(sd, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

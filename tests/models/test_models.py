@@ -315,3 +315,74 @@ def test_enhance_image_equals_forward_in_any_layout(make, pick, layout):
     assert not got.requires_grad
     if layout != "channels_last" and not isinstance(model, M.ZeroDCEPlusPlus):  # ++ crops: a view
         assert got.is_contiguous()
+
+
+# ---------------------------------------------------------------------------- non-finite values
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_weights_with_non_finite_values_are_refused_on_load(tmp_path, bad):
+    sd = M.ZeroDCE().state_dict()
+    sd["e_conv3.weight"][0, 0, 0, 0] = bad
+    for suffix in (".pth", ".safetensors"):
+        path = tmp_path / f"w{suffix}"
+        if suffix == ".pth":
+            torch.save(sd, path)
+        else:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+        with pytest.raises(ValueError, match=r"e_conv3\.weight holds 1 non-finite"):
+            M.load_weights(M.ZeroDCE(), path)
+    with pytest.raises(ValueError, match="non-finite"):
+        M.load_weights(M.ZeroDCE(), sd)
+
+
+def test_save_weights_refuses_non_finite_values_and_keeps_the_old_file(tmp_path):
+    path = tmp_path / "zerodce.safetensors"
+    good = M.ZeroDCE()
+    M.save_weights(good, path)
+    before = path.read_bytes()
+    bad = M.ZeroDCE()
+    with torch.no_grad():
+        bad.e_conv7.bias[0] = float("nan")
+    with pytest.raises(ValueError, match=r"not written.*e_conv7\.bias holds 1 non-finite"):
+        M.save_weights(bad, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["zerodce.safetensors"]  # no temporary left
+
+
+def test_save_weights_leaves_no_temporary_file_when_writing_fails(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    def full_disk(*args, **kwargs):
+        open(args[1], "wb").write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        M.save_weights(M.ZeroDCE(), tmp_path / "w.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["zerodce", "zerodcepp", "sci"])
+def test_nan_input_is_refused_by_the_range_check(name):
+    x = torch.rand(1, 3, 16, 16)
+    x[0, 1, 3, 4] = float("nan")
+    model = M.build_model(name)
+    with pytest.raises(ValueError, match="contains NaN"):
+        model(x)
+    with pytest.raises(ValueError, match="contains NaN"):
+        model.enhance_image(x)
+
+
+@pytest.mark.parametrize("name", ["zerodce", "zerodcepp", "sci"])
+def test_enhance_image_on_a_3d_tensor_names_the_rank(name):
+    with pytest.raises(ValueError, match="expected a 4-D tensor"):
+        M.build_model(name).enhance_image(torch.rand(3, 16, 16))
+
+
+def test_check_range_off_skips_only_the_range_check():
+    model = M.ZeroDCE()
+    model.check_range = False
+    model(torch.rand(1, 3, 16, 16) * 2)  # out of range: accepted
+    with pytest.raises(ValueError, match="expected 3 channels"):
+        model(torch.rand(1, 4, 16, 16))
