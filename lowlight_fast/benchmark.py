@@ -14,7 +14,6 @@ import statistics
 import sys
 import time
 
-MODELS = ("zerodce", "zerodcepp", "sci")
 MODES = ("inference", "train", "both")
 DEFAULT_SIZE = {"inference": (1920, 1080), "train": (256, 256)}
 DEFAULT_BATCH = {"inference": 1, "train": 8}
@@ -32,7 +31,10 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def add_benchmark_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", nargs="+", choices=MODELS, default=list(MODELS), help="models (default: all)")
+    from lowlight_fast.models import registry
+
+    p.add_argument("--model", nargs="+", choices=registry.NAMES, default=list(registry.NAMES),
+                   help="models (default: all)")
     p.add_argument("--mode", choices=MODES, default="both",
                    help="inference (enhance_image), train (one training step) or both (default)")
     p.add_argument("--size", type=parse_size, default=None,
@@ -66,24 +68,30 @@ def _median_seconds(fn, device, repeats: int, warmup: int) -> float:
     return statistics.median(times)
 
 
+def _prepared(model, fused: bool, device):
+    """``model`` on ``device`` with the fused or the reference curve, without its input-range check
+    (as ``lowlight-fast enhance`` and ``train`` run it: their images are in range)."""
+    if hasattr(model, "fused"):
+        model.fused = fused
+    model.check_range = False
+    return model.to(device)
+
+
 def _case(model_name: str, mode: str, x, fused: bool, scale_factor: int = 12):
     """A no-argument callable running one inference or one training step."""
     import torch
 
+    from lowlight_fast.models import registry
     from lowlight_fast.train import Objective, TrainConfig, build_training_model
 
     cfg = TrainConfig.for_model(model_name, "", "")
     torch.manual_seed(0)
     if mode == "inference":
-        from lowlight_fast.models import SCIFinetune, ZeroDCE, ZeroDCEPlusPlus
-
-        model = {"zerodce": lambda: ZeroDCE(fused=fused),
-                 "zerodcepp": lambda: ZeroDCEPlusPlus(scale_factor=scale_factor, fused=fused),
-                 "sci": SCIFinetune}[model_name]().eval().to(x.device)
+        spec = registry.get(model_name)
+        model = spec.inference(**({"scale_factor": scale_factor} if spec.scale_factor is not None else {}))
+        model = _prepared(model.eval(), fused, x.device)
         return lambda: model.enhance_image(x)
-    model = build_training_model(cfg).to(x.device)
-    if hasattr(model, "fused"):
-        model.fused = fused
+    model = _prepared(build_training_model(cfg), fused, x.device)
     objective = Objective(cfg)
 
     def step():
@@ -129,7 +137,7 @@ def run_benchmark(models, modes, size, batch, device, repeats: int, warmup: int,
 def cmd_benchmark(args) -> int:
     import torch
 
-    from lowlight_fast.train import TrainingError, _pick_device
+    from lowlight_fast.device import DeviceError, pick_device
 
     if args.repeats < 1 or args.warmup < 0 or args.scale_factor < 1 or (args.batch is not None and args.batch < 1):
         print("error: --repeats, --batch and --scale-factor must be >= 1, --warmup >= 0", file=sys.stderr)
@@ -137,8 +145,8 @@ def cmd_benchmark(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        device = _pick_device(args.device)
-    except TrainingError as exc:
+        device = pick_device(args.device)
+    except DeviceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     modes = ["inference", "train"] if args.mode == "both" else [args.mode]

@@ -1,231 +1,34 @@
-"""The ``lowlight-fast`` command: ``enhance``, ``demo``, ``train``, ``info``."""
+"""The ``lowlight-fast`` command: ``enhance``, ``demo``, ``train``, ``benchmark``, ``info``.
+
+A thin shell: it parses the arguments, shows progress and turns errors into one-line messages and
+exit statuses (2: bad arguments, 1: some inputs failed). The work is the library's:
+:mod:`lowlight_fast.enhance`, :mod:`lowlight_fast.train`, :mod:`lowlight_fast.benchmark`.
+"""
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
-
-MODELS = ("zerodce", "zerodcepp", "sci")
-DEFAULT_MODEL = "zerodce"
-DATA_DIR = Path(__file__).resolve().parent / "data"
-MIN_TILE = 64  # tiles smaller than this would make the convolutions pick other algorithms (tiling.py)
-BYTES_PER_PIXEL = {"zerodce": 1200, "zerodcepp": 1200, "sci": 160}  # generous inference working sets
-
-
-def bundled_weights(model: str) -> Path:
-    return DATA_DIR / "weights" / f"{model}.safetensors"
-
-
-def bundled_samples() -> list[Path]:
-    return sorted((DATA_DIR / "samples").glob("*.png"))
 
 
 def _eprint(*args) -> None:
     print(*args, file=sys.stderr, flush=True)
 
 
-# --------------------------------------------------------------------------------------------- inputs
-@dataclass
-class Inputs:
-    files: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-
-def collect_inputs(specs: list[str]) -> Inputs:
-    """Files, folders (their non-hidden files, sorted) and glob patterns -> the ordered list of files.
-
-    A spec that names nothing is an error; every file of a folder is tried (a non-image file there
-    is reported like any unreadable file)."""
-    out = Inputs()
-    seen: set[str] = set()
-
-    def add(p: str) -> None:
-        key = os.path.realpath(p)
-        if key not in seen:
-            seen.add(key)
-            out.files.append(p)
-
-    for spec in specs:
-        if os.path.isdir(spec):
-            names = sorted(n for n in os.listdir(spec) if not n.startswith("."))
-            files = [os.path.join(spec, n) for n in names if os.path.isfile(os.path.join(spec, n))]
-            if not files:
-                out.errors.append(f"{spec}: folder holds no files")
-            for f in files:
-                add(f)
-        elif os.path.exists(spec):
-            add(spec)
-        elif glob.has_magic(spec):
-            matches = sorted(m for m in glob.glob(spec, recursive=True) if os.path.isfile(m))
-            if not matches:
-                out.errors.append(f"{spec}: no file matches this pattern")
-            for m in matches:
-                add(m)
-        else:
-            out.errors.append(f"{spec}: no such file or folder")
-    return out
-
-
-# --------------------------------------------------------------------------------------------- model
-def pick_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda asked for, but torch sees no CUDA device (try --device cpu)")
-    return dev
-
-
-def _available_bytes(device) -> int:
-    import torch
-
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 << 30
-
-
-class Enhancer:
-    """One model on one device; enhances a 1x3xHxW CPU tensor, in tiles when it would not fit."""
-
-    def __init__(self, model: str, weights: str | os.PathLike | None, device, scale_factor: int = 12,
-                 tile: int | None = None):
-        import torch
-
-        from lowlight_fast.models import build_model, load_weights
-
-        self.name = model
-        self.device = device
-        kwargs = {"scale_factor": scale_factor} if model == "zerodcepp" else {}
-        self.model = build_model(model, **kwargs)
-        path = Path(weights) if weights is not None else bundled_weights(model)
-        if weights is None and not path.is_file():
-            raise SystemExit(f"error: the bundled weights for {model} are missing ({path}); pass --weights")
-        try:
-            load_weights(self.model, path)
-        except (ValueError, FileNotFoundError) as exc:
-            raise SystemExit(f"error: {exc}") from None
-        self.model.eval().to(device)
-        self.local = model != "zerodcepp" or scale_factor == 1  # see lowlight_fast.tiling
-        self.tile = tile
-        self._torch = torch
-        self._last_size: tuple[int, int] | None = None
-
-    def _run(self, x):
-        return self.model.enhance_image(x.to(self.device, non_blocking=True))
-
-    def _auto_tile(self, h: int, w: int) -> int | None:
-        budget = _available_bytes(self.device) // 2
-        need = h * w * BYTES_PER_PIXEL[self.name]
-        if not self.local or need <= budget:
-            return None
-        side = int((budget / BYTES_PER_PIXEL[self.name]) ** 0.5) - 2 * 16
-        return max(MIN_TILE, side // 64 * 64)
-
-    def __call__(self, x):
-        from lowlight_fast.tiling import enhance_tiled, is_out_of_memory
-
-        torch = self._torch
-        h, w = x.shape[-2:]
-        if self._last_size not in (None, (h, w)) and self.device.type == "cpu":
-            # a new size: the freed blocks kept for the previous one (lowlight_fast.memory) would not be
-            # reused and would only add to the peak memory
-            from lowlight_fast.memory import release_cached_memory
-
-            release_cached_memory()
-        self._last_size = (h, w)
-        tile = self.tile if self.tile else self._auto_tile(h, w)
-        with torch.inference_mode():
-            while True:
-                try:
-                    if tile and self.local and (h > tile or w > tile):
-                        return enhance_tiled(self._run, x, tile, out_device="cpu")
-                    return self._run(x).cpu()
-                except Exception as exc:  # noqa: BLE001 - only memory errors are retried
-                    if not is_out_of_memory(exc):
-                        raise
-                    if self.device.type == "cuda":
-                        torch.cuda.empty_cache()
-                    if not self.local:
-                        raise RuntimeError(
-                            f"out of memory enhancing a {w}x{h} image with {self.name} at this scale factor, "
-                            "which cannot be tiled; use a larger --scale-factor or --device cpu") from exc
-                    if tile == MIN_TILE:
-                        raise
-                    tile = max(MIN_TILE, min(tile or max(h, w), max(h, w)) // 2)
-
-
 # --------------------------------------------------------------------------------------------- enhance
-def _progress(total: int, enabled: bool, desc: str):
+def _enhance_with_progress(files: list[str], outdir: str, enhancer, progress: bool, desc: str,
+                           **options) -> tuple[list[str], list[str]]:
+    """lowlight_fast.enhance.enhance_files with a progress bar (when ``progress``) and each error
+    printed as it happens, above the bar."""
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="img", desc=desc, disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+    from lowlight_fast.enhance import enhance_files
 
-
-def enhance_files(files: list[str], outdir: str, enhancer: Enhancer, ext: str = "png", quality: int = 95,
-                  png_compression: int = 1, progress: bool = True, desc: str = "enhance") -> tuple[list[str], list[str]]:
-    """Enhance ``files`` into ``outdir/<stem>.<ext>``; returns (written paths, error messages).
-
-    Reading the next image and writing the previous one overlap with the model."""
-    from lowlight_fast import io
-
-    os.makedirs(outdir, exist_ok=True)
-    written: list[str] = []
-    errors: list[str] = []
-    claimed: dict[str, str] = {}
-    ext = ext.lower().lstrip(".")
-
-    def read(p):
-        return io.read_image(p)
-
-    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer, \
-            _progress(len(files), progress, desc) as bar:
-        pending_writes: list[tuple[str, str, Future]] = []
-        nxt = reader.submit(read, files[0]) if files else None
-        for i, src in enumerate(files):
-            fut = nxt
-            nxt = reader.submit(read, files[i + 1]) if i + 1 < len(files) else None
-            dst = os.path.join(outdir, f"{Path(src).stem}.{ext}")
-            try:
-                img = fut.result()
-                key = os.path.realpath(dst)
-                if key in claimed:
-                    raise ValueError(f"{src}: its output {dst} would overwrite the result of {claimed[key]}; "
-                                     "rename one of them or enhance them into separate folders")
-                claimed[key] = src
-                y = enhancer(img.to_tensor())
-                pending_writes.append((src, dst, writer.submit(
-                    io.write_image, dst, y, bits=img.bits, alpha=img.alpha, quality=quality,
-                    png_compression=png_compression)))
-            except (io.ImageReadError, ValueError) as exc:
-                errors.append(str(exc))
-                bar.write(f"error: {exc}", file=sys.stderr)
-            except RuntimeError as exc:
-                errors.append(f"{src}: {exc}")
-                bar.write(f"error: {src}: {exc}", file=sys.stderr)
-            bar.update(1)
-        for src, dst, fut in pending_writes:
-            try:
-                fut.result()
-                written.append(dst)
-            except Exception as exc:  # noqa: BLE001 - report and go on with the batch
-                errors.append(f"{src}: cannot write {dst}: {exc}")
-                _eprint(f"error: {src}: cannot write {dst}: {exc}")
-    return written, errors
+    with tqdm(total=len(files), unit="img", desc=desc, disable=not progress, file=sys.stderr,
+              dynamic_ncols=True) as bar:
+        return enhance_files(files, outdir, enhancer, on_progress=lambda _: bar.update(1),
+                             on_error=lambda msg: bar.write(f"error: {msg}", file=sys.stderr), **options)
 
 
 def _setup_threads(threads: int | None) -> None:
@@ -236,15 +39,22 @@ def _setup_threads(threads: int | None) -> None:
     torch.set_flush_denormal(True)  # on top of the flushed weights: activations too, where it reaches
 
 
-def cmd_enhance(args) -> int:
-    from lowlight_fast import io
+def _scaled_models() -> list[str]:
+    from lowlight_fast.models import registry
 
-    ext = args.ext.lower().lstrip(".")
-    if f".{ext}" not in io.image_extensions():
-        _eprint(f"error: --ext {args.ext}: not an image format Pillow can write")
+    return [n for n in registry.NAMES if registry.get(n).scale_factor is not None]
+
+
+def cmd_enhance(args) -> int:
+    from lowlight_fast.enhance import MIN_TILE, Enhancer, collect_inputs, output_extension
+
+    try:
+        ext = output_extension(args.ext)
+    except ValueError as exc:
+        _eprint(f"error: --ext {exc}")
         return 2
-    if args.scale_factor is not None and args.model != "zerodcepp":
-        _eprint("error: --scale-factor applies to --model zerodcepp only")
+    if args.scale_factor is not None and args.model not in _scaled_models():
+        _eprint(f"error: --scale-factor applies to --model {' or '.join(_scaled_models())} only")
         return 2
     if args.tile and args.tile < MIN_TILE:
         _eprint(f"error: --tile must be at least {MIN_TILE} (got {args.tile})")
@@ -253,12 +63,15 @@ def cmd_enhance(args) -> int:
     for e in inputs.errors:
         _eprint(f"error: {e}")
     _setup_threads(args.threads)
-    device = pick_device(args.device)
-    enhancer = Enhancer(args.model, args.weights, device, scale_factor=args.scale_factor or 12,
-                        tile=args.tile or None)
+    try:
+        enhancer = Enhancer(args.model, args.weights, args.device, scale_factor=args.scale_factor or None,
+                            tile=args.tile or None)
+    except (ValueError, FileNotFoundError) as exc:
+        _eprint(f"error: {exc}")
+        return 2
     t0 = time.perf_counter()
-    written, errors = enhance_files(inputs.files, args.output, enhancer, ext=ext, quality=args.quality,
-                                    png_compression=args.png_compression, progress=not args.quiet)
+    written, errors = _enhance_with_progress(inputs.files, args.output, enhancer, not args.quiet, "enhance",
+                                             ext=ext, quality=args.quality, png_compression=args.png_compression)
     dt = time.perf_counter() - t0
     failed = len(errors) + len(inputs.errors)
     if not args.quiet:
@@ -269,52 +82,36 @@ def cmd_enhance(args) -> int:
 
 
 # --------------------------------------------------------------------------------------------- demo
-def contact_sheet(rows: list[list[str]], labels: list[str], path: str, height: int = 180) -> None:
-    """A grid image: one row per sample, one column per label (input, then each model's result)."""
-    from PIL import Image, ImageDraw, ImageOps
-
-    thumbs = []
-    for row in rows:
-        t = []
-        for p in row:
-            with Image.open(p) as im:
-                im = ImageOps.exif_transpose(im).convert("RGB")
-                w = max(1, round(im.width * height / im.height))
-                t.append(im.resize((w, height), Image.Resampling.LANCZOS))
-        thumbs.append(t)
-    colw = [max(r[c].width for r in thumbs) for c in range(len(labels))]
-    pad, top = 6, 22
-    sheet = Image.new("RGB", (sum(colw) + pad * (len(colw) + 1), top + len(rows) * (height + pad) + pad), "white")
-    draw = ImageDraw.Draw(sheet)
-    x = pad
-    for c, label in enumerate(labels):
-        draw.text((x, 5), label, fill="black")
-        for r, t in enumerate(thumbs):
-            sheet.paste(t[c], (x, top + r * (height + pad)))
-        x += colw[c] + pad
-    sheet.save(path)
-
-
 def cmd_demo(args) -> int:
-    samples = [str(p) for p in bundled_samples()]
+    from lowlight_fast.contact_sheet import contact_sheet
+    from lowlight_fast.device import pick_device
+    from lowlight_fast.enhance import Enhancer
+    from lowlight_fast.models import registry
+
+    samples = [str(p) for p in registry.bundled_samples()]
     if not samples:
-        _eprint(f"error: no bundled samples found in {DATA_DIR / 'samples'}")
+        _eprint(f"error: no bundled samples found in {registry.DATA_DIR / 'samples'}")
         return 1
     _setup_threads(args.threads)
-    device = pick_device(args.device)
-    models = list(MODELS) if args.model == "all" else [args.model]
+    models = list(registry.NAMES) if args.model == "all" else [args.model]
+    scaled = _scaled_models()
     columns = [samples]
     errors: list[str] = []
-    for m in models:
-        enhancer = Enhancer(m, None, device, scale_factor=args.scale_factor)
-        outdir = os.path.join(args.output, m)
-        written, errs = enhance_files(samples, outdir, enhancer, progress=not args.quiet, desc=m)
+    try:
+        device = pick_device(args.device)
+        enhancers = [Enhancer(m, device=device, scale_factor=args.scale_factor if m in scaled else None)
+                     for m in models]
+    except (ValueError, FileNotFoundError) as exc:
+        _eprint(f"error: {exc}")
+        return 2
+    for m, enhancer in zip(models, enhancers):
+        written, errs = _enhance_with_progress(samples, os.path.join(args.output, m), enhancer, not args.quiet, m)
         errors += errs
         columns.append(written)
     if errors:
         return 1
     sheet = os.path.join(args.output, "contact_sheet.png")
-    labels = ["input"] + [m if m != "zerodcepp" else f"zerodcepp (s={args.scale_factor})" for m in models]
+    labels = ["input"] + [f"{m} (s={args.scale_factor})" if m in scaled else m for m in models]
     contact_sheet([list(r) for r in zip(*columns)], labels, sheet)
     print(f"wrote {len(samples)} enhanced sample(s) per model under {args.output}/ and the before/after "
           f"contact sheet {sheet}")
@@ -329,6 +126,9 @@ def cmd_info(args) -> int:
 
     import lowlight_fast
     from lowlight_fast import _ext
+    from lowlight_fast.backend import requested
+    from lowlight_fast.enhance import transparent_huge_pages
+    from lowlight_fast.models import registry
 
     bi = _ext.build_info()
     print(f"lowlight_fast {lowlight_fast.__version__}")
@@ -359,22 +159,14 @@ def cmd_info(args) -> int:
             print(f"              cuda:{i} {p.name} ({p.total_memory / 2**30:.1f} GiB, sm_{p.major}{p.minor})")
     else:
         print("              no CUDA device visible")
-    from lowlight_fast.backend import requested
-
     print(f"backend       {requested()} (LOWLIGHT_FAST_BACKEND)")
-    thp = "unknown"
-    try:
-        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-            thp = f.read().split("[")[1].split("]")[0]
-    except (OSError, IndexError):
-        pass
     huge = "off" if os.environ.get("LOWLIGHT_FAST_HUGE_PAGES") == "0" else "on"
     print(f"CPU memory    caching allocator for enhance/demo/train: "
           f"{'off' if os.environ.get('LOWLIGHT_FAST_KEEP_FREED_MEMORY') == '0' else 'on'} "
           f"(LOWLIGHT_FAST_KEEP_FREED_MEMORY); huge pages for kernel outputs: {huge} "
-          f"(LOWLIGHT_FAST_HUGE_PAGES; system THP: {thp})")
-    weights = [m for m in MODELS if bundled_weights(m).is_file()]
-    print(f"bundled       weights: {', '.join(weights) or 'none'}; samples: {len(bundled_samples())}")
+          f"(LOWLIGHT_FAST_HUGE_PAGES; system THP: {transparent_huge_pages()})")
+    weights = [m for m in registry.NAMES if registry.get(m).bundled_weights.is_file()]
+    print(f"bundled       weights: {', '.join(weights) or 'none'}; samples: {len(registry.bundled_samples())}")
     return 0
 
 
@@ -385,6 +177,7 @@ def _add_device(p) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lowlight_fast.models import registry
     from lowlight_fast.train import add_train_arguments
 
     parser = argparse.ArgumentParser(
@@ -397,8 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Unreadable files are reported and skipped; the exit status is then 1."))
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the results")
-    p.add_argument("--model", choices=MODELS, default=DEFAULT_MODEL,
-                   help=f"network (default: {DEFAULT_MODEL}, the bundled model)")
+    p.add_argument("--model", choices=registry.NAMES, default=registry.DEFAULT,
+                   help=f"network (default: {registry.DEFAULT}, the bundled model)")
     p.add_argument("--weights", metavar="PATH", help=(
         "weights file (.safetensors, or the authors' .pth/.pt as they are); default: the bundled weights"))
     _add_device(p)
@@ -417,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="enhance the bundled samples and write a before/after contact sheet")
     p.add_argument("-o", "--output", default="out", metavar="OUTDIR", help="output folder (default ./out)")
-    p.add_argument("--model", choices=MODELS + ("all",), default="all", help="model(s) to run (default all)")
+    p.add_argument("--model", choices=registry.NAMES + ("all",), default="all", help="model(s) to run (default all)")
     p.add_argument("--scale-factor", type=int, default=1, metavar="S", help="Zero-DCE++ scale factor (default 1)")
     _add_device(p)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
@@ -457,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.get("LOWLIGHT_FAST_KEEP_FREED_MEMORY") != "0":
         from lowlight_fast.memory import keep_freed_memory
 
-        keep_freed_memory()  # Zero-DCE at 720x680: 0.23 s per image; THP alone 0.26-0.50 s, neither 0.46 s
+        keep_freed_memory()  # what each setting costs: benchmarks/RESULTS.md
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

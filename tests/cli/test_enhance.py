@@ -164,7 +164,7 @@ def test_info_runs():
 
 def test_demo_brightens_bundled_samples(tmp_path):
     """The one-command demo: bundled samples, bundled weights, results and the contact sheet."""
-    from lowlight_fast.cli import MODELS, bundled_samples
+    from lowlight_fast.models.registry import NAMES, bundled_samples
 
     samples = bundled_samples()
     assert len(samples) >= 3
@@ -173,7 +173,7 @@ def test_demo_brightens_bundled_samples(tmp_path):
     assert "contact_sheet.png" in proc.stdout
     sheet = Image.open(tmp_path / "contact_sheet.png")
     assert sheet.width > 4 * 180 and sheet.height > len(samples) * 180
-    for model in MODELS:
+    for model in NAMES:
         for s in samples:
             before = np.asarray(Image.open(s).convert("RGB"), dtype=np.float64)
             after = np.asarray(Image.open(tmp_path / model / s.name), dtype=np.float64)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from lowlight_fast.cli import MIN_TILE, Enhancer
+from lowlight_fast.enhance import MIN_TILE, Enhancer
 from lowlight_fast.models import build_model
 from lowlight_fast.tiling import MIN_WINDOW_AREA, _tile_sizes, _window, enhance_tiled
 

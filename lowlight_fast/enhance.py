@@ -1,0 +1,306 @@
+"""Image enhancement, the library behind ``lowlight-fast enhance`` and ``demo``.
+
+- :class:`Enhancer`: one model on one device; call it on a (B, 3, H, W) image in [0, 1] to get the
+  enhanced image, computed in tiles when the image would not fit in memory (the same pixels as the
+  whole-image run: :mod:`lowlight_fast.tiling`).
+- :func:`collect_inputs`: files, folders and glob patterns -> the ordered list of files.
+- :func:`enhance_files`: enhance files into a folder, reading the next image and writing the previous
+  one while the model runs.
+
+Nothing here prints: errors are exceptions (or, per file, returned messages), progress is a callback.
+"""
+from __future__ import annotations
+
+import functools
+import glob
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from lowlight_fast import _validate
+from lowlight_fast.device import pick_device
+from lowlight_fast.models import registry
+from lowlight_fast.models._common import EnhancementModel
+from lowlight_fast.models.registry import ModelSpec
+from lowlight_fast.tiling import MARGIN, enhance_tiled, is_out_of_memory
+
+__all__ = ["MIN_TILE", "Enhancer", "Inputs", "collect_inputs", "enhance_files", "output_extension",
+           "transparent_huge_pages"]
+
+MIN_TILE = 64  # tiles smaller than this would make the convolutions pick other algorithms (tiling.py)
+
+
+# ------------------------------------------------------------------------------------------ memory
+def _available_bytes(device: torch.device) -> int:
+    """Memory free for a new image on ``device``: CUDA's free memory, or the kernel's MemAvailable."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30
+
+
+def transparent_huge_pages() -> str:
+    """The system's transparent-huge-page mode (always, madvise or never), or "unknown" where the
+    kernel does not say (not Linux, or no THP support)."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return f.read().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        return "unknown"
+
+
+# ------------------------------------------------------------------------------------------ model
+@functools.cache
+def _specs_by_type() -> dict[type, ModelSpec]:
+    # the registry holds builders, not classes: the type each one builds identifies a module's model
+    return {type(spec.inference()): spec for spec in registry.MODELS.values()}
+
+
+def _spec_of(module: EnhancementModel) -> ModelSpec | None:
+    by_type = _specs_by_type()
+    return next((by_type[t] for t in type(module).__mro__ if t in by_type), None)
+
+
+class Enhancer:
+    """One model on one device, enhancing (B, 3, H, W) images; in tiles when an image would not fit.
+
+    ``model``: a name from :mod:`lowlight_fast.models.registry` (its inference model is built and
+    ``weights`` loaded, by default the bundled weights), or an :class:`EnhancementModel` (``weights``,
+    when given, are loaded into it). The model is put in eval mode and moved to ``device`` ("auto":
+    CUDA when torch sees it, else the CPU; see :func:`lowlight_fast.device.pick_device`), and its own
+    range check is turned off: the enhancer checks each whole image once, where the model would check
+    every tile.
+
+    ``scale_factor``: Zero-DCE++'s (default: the registry's); only with the name of a model that has one.
+    ``tile``: enhance in ``tile`` x ``tile`` tiles (at least :data:`MIN_TILE`); None: only when the
+    image would not fit in half the memory available on the device. After an out-of-memory error the
+    tile side is halved, down to MIN_TILE. A model that is not local (Zero-DCE++ above scale factor 1,
+    a module the registry does not know) is never tiled.
+
+    Calling it on a floating tensor in [0, 1], on the CPU or on any device, returns the enhanced image
+    on the CPU. Bad arguments raise ValueError (FileNotFoundError for missing weights, TypeError for a
+    ``model`` of another kind); the messages say what to change.
+
+    Attributes: ``model`` (the module), ``device``, ``name`` (the registry name, else the class name),
+    ``spec`` (the registry entry, None for a module it does not know), ``local`` (whether it may be
+    tiled), ``tile``.
+    """
+
+    def __init__(self, model: str | EnhancementModel, weights: str | os.PathLike | None = None,
+                 device: str | torch.device = "auto", scale_factor: int | None = None,
+                 tile: int | None = None):
+        from lowlight_fast.models import load_weights
+
+        if tile is not None and tile < MIN_TILE:
+            raise ValueError(f"tile must be at least {MIN_TILE} (got {tile})")
+        self.device = pick_device(device)
+        if isinstance(model, str):
+            spec = registry.get(model)
+            kwargs = {}
+            if spec.scale_factor is not None:
+                kwargs["scale_factor"] = spec.scale_factor if scale_factor is None else scale_factor
+            elif scale_factor is not None:
+                scaled = ", ".join(n for n in registry.NAMES if registry.get(n).scale_factor is not None)
+                raise ValueError(f"scale_factor applies to {scaled} only, not {model}")
+            module = spec.inference(**kwargs)
+            path = Path(weights) if weights is not None else spec.bundled_weights
+            if weights is None and not path.is_file():
+                raise FileNotFoundError(
+                    f"the bundled weights for {model} are missing ({path}); pass --weights")
+            load_weights(module, path)
+            self.name = spec.name
+            self.local = spec.is_local(kwargs.get("scale_factor"))
+        elif isinstance(model, EnhancementModel):
+            if scale_factor is not None:
+                raise ValueError("scale_factor applies to a model given by name; a module keeps its own "
+                                 "(ZeroDCEPlusPlus(scale_factor=...))")
+            module = model
+            if weights is not None:
+                load_weights(module, weights)
+            spec = _spec_of(module)
+            self.name = spec.name if spec else type(module).__name__
+            self.local = spec is not None and spec.is_local(getattr(module, "scale_factor", None))
+        else:
+            raise TypeError(f"model: expected a name ({', '.join(registry.NAMES)}) or an EnhancementModel, "
+                            f"got {type(model).__name__}")
+        self.spec = spec
+        module.check_range = False
+        self.model = module.eval().to(self.device)
+        self.tile = tile
+        self._last_shape: tuple[int, ...] | None = None
+
+    def _untiled_reason(self) -> str:
+        if self.spec is None:
+            return (", which is not tiled (lowlight_fast.models.registry does not know its receptive field); "
+                    "use a smaller image or another device")
+        return " at this scale factor, which cannot be tiled; use a larger --scale-factor or --device cpu"
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.enhance_image(x.to(self.device, non_blocking=True))
+
+    def _auto_tile(self, b: int, h: int, w: int) -> int | None:
+        if not self.local:
+            return None
+        budget = _available_bytes(self.device) // 2
+        per_pixel = b * self.spec.bytes_per_pixel
+        if h * w * per_pixel <= budget:
+            return None
+        side = int((budget / per_pixel) ** 0.5) - 2 * MARGIN
+        return max(MIN_TILE, side // 64 * 64)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        _validate.check_image(x, "x", channels=3)
+        _validate.check_unit_range(x, "x")
+        b, _, h, w = x.shape
+        if self._last_shape not in (None, tuple(x.shape)) and self.device.type == "cpu":
+            # a new size: the freed blocks kept for the previous one (lowlight_fast.memory) would not be
+            # reused and would only add to the peak memory
+            from lowlight_fast.memory import release_cached_memory
+
+            release_cached_memory()
+        self._last_shape = tuple(x.shape)
+        tile = self.tile if self.tile else self._auto_tile(b, h, w)
+        with torch.inference_mode():
+            while True:
+                try:
+                    if tile and self.local and (h > tile or w > tile):
+                        return enhance_tiled(self._run, x, tile, out_device="cpu")
+                    return self._run(x).cpu()
+                except Exception as exc:  # noqa: BLE001 - only memory errors are retried
+                    if not is_out_of_memory(exc):
+                        raise
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    if not self.local:
+                        raise RuntimeError(f"out of memory enhancing a {w}x{h} image with {self.name}"
+                                           + self._untiled_reason()) from exc
+                    if tile == MIN_TILE:
+                        raise
+                    tile = max(MIN_TILE, min(tile or max(h, w), max(h, w)) // 2)
+
+
+# ------------------------------------------------------------------------------------------ files
+@dataclass
+class Inputs:
+    """What :func:`collect_inputs` found: the files, and one message per spec that named nothing."""
+
+    files: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def collect_inputs(specs: Sequence[str]) -> Inputs:
+    """Files, folders (their non-hidden files, sorted) and glob patterns -> the ordered list of files.
+
+    A spec that names nothing is an error; every file of a folder is tried (a non-image file there
+    is reported like any unreadable file). A file named twice is listed once."""
+    out = Inputs()
+    seen: set[str] = set()
+
+    def add(p: str) -> None:
+        key = os.path.realpath(p)
+        if key not in seen:
+            seen.add(key)
+            out.files.append(p)
+
+    for spec in specs:
+        if os.path.isdir(spec):
+            names = sorted(n for n in os.listdir(spec) if not n.startswith("."))
+            files = [os.path.join(spec, n) for n in names if os.path.isfile(os.path.join(spec, n))]
+            if not files:
+                out.errors.append(f"{spec}: folder holds no files")
+            for f in files:
+                add(f)
+        elif os.path.exists(spec):
+            add(spec)
+        elif glob.has_magic(spec):
+            matches = sorted(m for m in glob.glob(spec, recursive=True) if os.path.isfile(m))
+            if not matches:
+                out.errors.append(f"{spec}: no file matches this pattern")
+            for m in matches:
+                add(m)
+        else:
+            out.errors.append(f"{spec}: no such file or folder")
+    return out
+
+
+def output_extension(ext: str) -> str:
+    """``ext`` ("PNG", ".jpg", ...) as a lower-case extension without the dot; a ValueError when Pillow
+    cannot write that format."""
+    from lowlight_fast import io
+
+    norm = ext.lower().lstrip(".")
+    if f".{norm}" not in io.image_extensions():
+        raise ValueError(f"{ext}: not an image format Pillow can write")
+    return norm
+
+
+def enhance_files(files: Sequence[str], outdir: str | os.PathLike,
+                  enhancer: Callable[[torch.Tensor], torch.Tensor], ext: str = "png", quality: int = 95,
+                  png_compression: int = 1, *,
+                  on_progress: Callable[[str], None] | None = None,
+                  on_error: Callable[[str], None] | None = None) -> tuple[list[str], list[str]]:
+    """Enhance ``files`` into ``outdir/<stem>.<ext>``; returns (written paths, error messages).
+
+    ``enhancer``: an :class:`Enhancer` (or any callable 1x3xHxW -> CPU image). Reading the next image
+    and writing the previous one overlap with the model. A file that cannot be read, enhanced or
+    written, or whose output would overwrite an earlier one's, is skipped and its message (naming the
+    file) returned; the others go on. ``on_progress(path)`` is called once per input when it is done
+    with, ``on_error(message)`` once per error as it happens (for example to print them above a
+    progress bar); without them nothing is reported until the function returns.
+    """
+    from lowlight_fast import io
+
+    ext = output_extension(ext)
+    outdir = os.fspath(outdir)
+    os.makedirs(outdir, exist_ok=True)
+    written: list[str] = []
+    errors: list[str] = []
+    claimed: dict[str, str] = {}
+
+    def fail(message: str) -> None:
+        errors.append(message)
+        if on_error is not None:
+            on_error(message)
+
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+        pending_writes: list[tuple[str, str, Future]] = []
+        nxt = reader.submit(io.read_image, files[0]) if files else None
+        for i, src in enumerate(files):
+            fut = nxt
+            nxt = reader.submit(io.read_image, files[i + 1]) if i + 1 < len(files) else None
+            dst = os.path.join(outdir, f"{Path(src).stem}.{ext}")
+            try:
+                img = fut.result()
+                key = os.path.realpath(dst)
+                if key in claimed:
+                    raise ValueError(f"{src}: its output {dst} would overwrite the result of {claimed[key]}; "
+                                     "rename one of them or enhance them into separate folders")
+                claimed[key] = src
+                y = enhancer(img.to_tensor())
+                pending_writes.append((src, dst, writer.submit(
+                    io.write_image, dst, y, bits=img.bits, alpha=img.alpha, quality=quality,
+                    png_compression=png_compression)))
+            except (io.ImageReadError, ValueError) as exc:
+                fail(str(exc))
+            except RuntimeError as exc:
+                fail(f"{src}: {exc}")
+            if on_progress is not None:
+                on_progress(src)
+        for src, dst, fut in pending_writes:
+            try:
+                fut.result()
+                written.append(dst)
+            except Exception as exc:  # noqa: BLE001 - report and go on with the batch
+                fail(f"{src}: cannot write {dst}: {exc}")
+    return written, errors
