@@ -81,7 +81,7 @@ ORIGINAL_STYLE = textwrap.dedent('''
 
 
 def make_images(folder: Path, n: int, width: int, height: int) -> None:
-    from lowlight_fast.cli import bundled_samples
+    from lowlight_fast.models.registry import bundled_samples
 
     samples = bundled_samples()
     if not samples:
@@ -104,7 +104,7 @@ SUBNORMAL_TOTAL = 19266
 def subnormal_weights(path: Path) -> dict:
     """Zero-DCE weights (the bundled ones, else a seeded init) whose smallest-magnitude weights are replaced
     by subnormal values, 19,266 in all (5,540 in e_conv5), like the authors' released checkpoint."""
-    from lowlight_fast.cli import bundled_weights
+    from lowlight_fast.models.registry import bundled_weights
     from lowlight_fast.models import ZeroDCE, read_state_dict
 
     torch.manual_seed(0)

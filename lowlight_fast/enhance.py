@@ -11,7 +11,6 @@ Nothing here prints: errors are exceptions (or, per file, returned messages), pr
 """
 from __future__ import annotations
 
-import functools
 import glob
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -61,17 +60,6 @@ def transparent_huge_pages() -> str:
 
 
 # ------------------------------------------------------------------------------------------ model
-@functools.cache
-def _specs_by_type() -> dict[type, ModelSpec]:
-    # the registry holds builders, not classes: the type each one builds identifies a module's model
-    return {type(spec.inference()): spec for spec in registry.MODELS.values()}
-
-
-def _spec_of(module: EnhancementModel) -> ModelSpec | None:
-    by_type = _specs_by_type()
-    return next((by_type[t] for t in type(module).__mro__ if t in by_type), None)
-
-
 class Enhancer:
     """One model on one device, enhancing (B, 3, H, W) images; in tiles when an image would not fit.
 
@@ -128,7 +116,7 @@ class Enhancer:
             module = model
             if weights is not None:
                 load_weights(module, weights)
-            spec = _spec_of(module)
+            spec = registry.spec_for(module)
             self.name = spec.name if spec else type(module).__name__
             self.local = spec is not None and spec.is_local(getattr(module, "scale_factor", None))
         else:

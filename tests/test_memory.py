@@ -214,7 +214,7 @@ def test_blocks_of_sizes_no_longer_used_are_given_back(cache):
 
 def test_enhancer_gives_back_the_blocks_of_the_previous_image_size(cache):
     """The command line keeps freed blocks while images share a size, and gives them back at a new size."""
-    from lowlight_fast.cli import Enhancer
+    from lowlight_fast.enhance import Enhancer
 
     assert memory.keep_freed_memory()
     enhancer = Enhancer("zerodce", None, torch.device("cpu"))

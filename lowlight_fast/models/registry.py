@@ -5,6 +5,7 @@ The command line (enhance, demo, train, benchmark) and the library (``lowlight_f
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -23,8 +24,10 @@ class ModelSpec:
     ``recipe``: the original training recipe (``lowlight_fast.train.TrainConfig`` fields).
     ``bytes_per_pixel``: a generous bound on the inference working set, for the tiling policy.
     ``scale_factor``: Zero-DCE++'s default inference scale factor (None: the model has none).
-    ``local``: whether inference is local (each output pixel depends on a bounded window), so that it
-    can be tiled; Zero-DCE++ is local only at scale factor 1 (see lowlight_fast.tiling).
+    ``classes``: the model classes of this entry ("module:Class"), by which :func:`spec_for` recognises
+    a module (imported only when asked).
+    :meth:`is_local`: whether inference is local (each output pixel depends on a bounded window), so
+    that it can be tiled; Zero-DCE++ is local only at scale factor 1 (see lowlight_fast.tiling).
     """
 
     name: str
@@ -35,6 +38,7 @@ class ModelSpec:
     recipe: dict = field(default_factory=dict)
     bytes_per_pixel: int = 1200
     scale_factor: int | None = None
+    classes: tuple[str, ...] = ()
 
     @property
     def bundled_weights(self) -> Path:
@@ -97,17 +101,18 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec(
             "zerodce", "Zero-DCE", _zerodce, _zerodce, _zerodce_loss,
             recipe=dict(lr=1e-4, weight_decay=1e-4, grad_clip=0.1, batch_size=8, size=256, epochs=200),
-            bytes_per_pixel=1200,
+            bytes_per_pixel=1200, classes=("lowlight_fast.models.zerodce:ZeroDCE",),
         ),
         ModelSpec(
             "zerodcepp", "Zero-DCE++", _zerodcepp, _zerodcepp_training, _zerodcepp_loss,
             recipe=dict(lr=1e-4, weight_decay=1e-4, grad_clip=0.1, batch_size=8, size=512, epochs=100),
-            bytes_per_pixel=1200, scale_factor=12,
+            bytes_per_pixel=1200, scale_factor=12, classes=("lowlight_fast.models.zerodcepp:ZeroDCEPlusPlus",),
         ),
         ModelSpec(
             "sci", "SCI", _sci_inference, _sci_training, _sci_loss,
             recipe=dict(lr=3e-4, weight_decay=3e-4, grad_clip=5.0, batch_size=1, size=0, epochs=1000),
             bytes_per_pixel=160,
+            classes=("lowlight_fast.models.sci:SCIFinetune", "lowlight_fast.models.sci:SCINetwork"),
         ),
     )
 }
@@ -121,6 +126,19 @@ def get(name: str) -> ModelSpec:
         return MODELS[name]
     except (KeyError, TypeError):
         raise ValueError(f"model: expected one of {', '.join(NAMES)}, got {name!r}") from None
+
+
+def _load_class(path: str) -> type:
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def spec_for(model: nn.Module) -> ModelSpec | None:
+    """The entry whose classes ``model`` is an instance of (subclasses included), or None."""
+    for spec in MODELS.values():
+        if any(isinstance(model, _load_class(c)) for c in spec.classes):
+            return spec
+    return None
 
 
 def bundled_weights(name: str) -> Path:
