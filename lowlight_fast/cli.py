@@ -16,6 +16,50 @@ def _eprint(*args) -> None:
     print(*args, file=sys.stderr, flush=True)
 
 
+def int_at_least(low: int):
+    """An argparse type: an integer >= ``low`` (argparse turns the ValueError into a usage error, exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def int_between(low: int, high: int):
+    """An argparse type: an integer in [low, high]."""
+    at_least = int_at_least(low)
+
+    def parse(text: str) -> int:
+        value = at_least(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {value}")
+        return value
+
+    parse.__name__ = f"integer in {low}..{high}"
+    return parse
+
+
+def _output_folder_error(path: str) -> str | None:
+    """Why ``path`` cannot be the output folder (None when it can): an existing file, or a folder that
+    cannot be created or written."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        return f"-o {path}: exists and is not a folder"
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        return f"-o {path}: cannot create the output folder ({exc.strerror or exc})"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"-o {path}: the output folder is not writable"
+    return None
+
+
 # --------------------------------------------------------------------------------------------- enhance
 def _enhance_with_progress(files: list[str], outdir: str, enhancer, progress: bool, desc: str,
                            **options) -> tuple[list[str], list[str]]:
@@ -28,7 +72,8 @@ def _enhance_with_progress(files: list[str], outdir: str, enhancer, progress: bo
     with tqdm(total=len(files), unit="img", desc=desc, disable=not progress, file=sys.stderr,
               dynamic_ncols=True) as bar:
         return enhance_files(files, outdir, enhancer, on_progress=lambda _: bar.update(1),
-                             on_error=lambda msg: bar.write(f"error: {msg}", file=sys.stderr), **options)
+                             on_error=lambda msg: bar.write(f"error: {msg}", file=sys.stderr),
+                             on_warning=lambda msg: bar.write(f"warning: {msg}", file=sys.stderr), **options)
 
 
 def _setup_threads(threads: int | None) -> None:
@@ -59,6 +104,10 @@ def cmd_enhance(args) -> int:
     if args.tile and args.tile < MIN_TILE:
         _eprint(f"error: --tile must be at least {MIN_TILE} (got {args.tile})")
         return 2
+    problem = _output_folder_error(args.output)
+    if problem:
+        _eprint(f"error: {problem}")
+        return 2
     inputs = collect_inputs(args.inputs)
     for e in inputs.errors:
         _eprint(f"error: {e}")
@@ -71,7 +120,8 @@ def cmd_enhance(args) -> int:
         return 2
     t0 = time.perf_counter()
     written, errors = _enhance_with_progress(inputs.files, args.output, enhancer, not args.quiet, "enhance",
-                                             ext=ext, quality=args.quality, png_compression=args.png_compression)
+                                             ext=ext, quality=args.quality, png_compression=args.png_compression,
+                                             max_pixels=args.max_pixels)
     dt = time.perf_counter() - t0
     failed = len(errors) + len(inputs.errors)
     if not args.quiet:
@@ -195,25 +245,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", metavar="PATH", help=(
         "weights file (.safetensors, or the authors' .pth/.pt as they are); default: the bundled weights"))
     _add_device(p)
-    p.add_argument("--scale-factor", type=int, default=None, metavar="S",
+    p.add_argument("--scale-factor", type=int_at_least(1), default=None, metavar="S",
                    help="Zero-DCE++ only: predict the curves at 1/S resolution (default 12, as the original)")
     p.add_argument("--ext", default="png", help="output format by extension: png, jpg, webp, tif, ... (default png)")
-    p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95)")
+    p.add_argument("--quality", type=int_between(1, 100), default=95, metavar="1-100",
+                   help="JPEG/WebP quality (default 95)")
+    p.add_argument("--max-pixels", type=int_at_least(0), default=None, metavar="N", help=(
+        "skip (and report) images of more than N pixels, before decoding them (default 268435456, "
+        "a 16384 x 16384 image: a guard against decompression bombs); 0: no limit"))
     p.add_argument("--png-compression", type=int, default=1, choices=range(10), metavar="0-9",
                    help="zlib level of PNG results (default 1: fast; 6 is Pillow's default, a little smaller)")
-    p.add_argument("--tile", type=int, default=0, metavar="N", help=(
+    p.add_argument("--tile", type=int_at_least(0), default=0, metavar="N", help=(
         "process in N x N tiles (16 px overlap, same pixels as untiled); default: only when the image "
         "does not fit in memory"))
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
+    p.add_argument("--threads", type=int_at_least(1), default=None, help="CPU threads (default: torch's default)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=cmd_enhance)
 
     p = sub.add_parser("demo", help="enhance the bundled samples and write a before/after contact sheet")
     p.add_argument("-o", "--output", default="out", metavar="OUTDIR", help="output folder (default ./out)")
     p.add_argument("--model", choices=registry.NAMES + ("all",), default="all", help="model(s) to run (default all)")
-    p.add_argument("--scale-factor", type=int, default=1, metavar="S", help="Zero-DCE++ scale factor (default 1)")
+    p.add_argument("--scale-factor", type=int_at_least(1), default=1, metavar="S",
+                   help="Zero-DCE++ scale factor (default 1)")
     _add_device(p)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
+    p.add_argument("--threads", type=int_at_least(1), default=None, help="CPU threads (default: torch's default)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
 

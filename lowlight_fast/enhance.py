@@ -5,13 +5,18 @@
   whole-image run: :mod:`lowlight_fast.tiling`).
 - :func:`collect_inputs`: files, folders and glob patterns -> the ordered list of files.
 - :func:`enhance_files`: enhance files into a folder, reading the next image and writing the previous
-  one while the model runs.
+  one while the model runs. It never writes over one of its inputs, and it claims each output name
+  in the folder (:class:`OutputClaims`) so that two processes writing into one folder never replace
+  each other's results without saying so.
 
 Nothing here prints: errors are exceptions (or, per file, returned messages), progress is a callback.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import glob
+import json
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,8 +32,8 @@ from lowlight_fast.models._common import EnhancementModel
 from lowlight_fast.models.registry import ModelSpec
 from lowlight_fast.tiling import MARGIN, enhance_tiled, is_out_of_memory
 
-__all__ = ["MIN_TILE", "Enhancer", "Inputs", "collect_inputs", "enhance_files", "output_extension",
-           "transparent_huge_pages"]
+__all__ = ["MIN_TILE", "Enhancer", "Inputs", "OutputClaims", "collect_inputs", "enhance_files",
+           "output_extension", "transparent_huge_pages"]
 
 MIN_TILE = 64  # tiles smaller than this would make the convolutions pick other algorithms (tiling.py)
 
@@ -224,63 +229,160 @@ def collect_inputs(specs: Sequence[str]) -> Inputs:
 
 def output_extension(ext: str) -> str:
     """``ext`` ("PNG", ".jpg", ...) as a lower-case extension without the dot; a ValueError when Pillow
-    cannot write that format."""
-    from lowlight_fast import io
+    cannot write that format (some it reads, such as PSD, it cannot write)."""
+    from PIL import Image
 
     norm = ext.lower().lstrip(".")
-    if f".{norm}" not in io.image_extensions():
+    fmt = Image.registered_extensions().get(f".{norm}")
+    if fmt is None or fmt not in Image.SAVE:
         raise ValueError(f"{ext}: not an image format Pillow can write")
     return norm
 
 
+class OutputClaims:
+    """The output names that running processes are writing in one folder, shared through a hidden
+    file (``.lowlight-fast-claims.json``) under an exclusive ``flock``.
+
+    :meth:`claim` records a name for this process, or returns the pid of another live process that
+    holds it; :meth:`release` (or leaving the ``with`` block) drops this process's names. Entries of
+    processes that died (killed, crashed) are dropped by the next claim, so nothing stays locked.
+    """
+
+    FILE = ".lowlight-fast-claims.json"
+
+    def __init__(self, folder: str | os.PathLike):
+        self.path = os.path.join(os.fspath(folder), self.FILE)
+        self.pid = os.getpid()
+        self._mine: set[str] = set()
+
+    @contextlib.contextmanager
+    def _table(self):
+        with open(self.path, "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                f.seek(0)
+                try:
+                    table = {k: int(v) for k, v in json.loads(f.read() or "{}").items()}
+                except (ValueError, AttributeError):  # torn by a crash mid-write: start afresh
+                    table = {}
+                table = {k: v for k, v in table.items() if v == self.pid or _alive(v)}
+                yield table
+                f.seek(0)
+                f.truncate()
+                f.write(json.dumps(table))
+                f.flush()
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def claim(self, name: str) -> int | None:
+        """Claim ``name`` for this process: None when it is ours now, else the pid that holds it."""
+        with self._table() as table:
+            holder = table.get(name)
+            if holder is not None and holder != self.pid:
+                return holder
+            table[name] = self.pid
+        self._mine.add(name)
+        return None
+
+    def release(self) -> None:
+        if not self._mine:
+            return
+        with self._table() as table:
+            for name in self._mine:
+                if table.get(name) == self.pid:
+                    del table[name]
+            empty = not table
+        self._mine.clear()
+        if empty:
+            with contextlib.suppress(OSError):
+                os.remove(self.path)
+
+    def __enter__(self) -> "OutputClaims":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 def enhance_files(files: Sequence[str], outdir: str | os.PathLike,
                   enhancer: Callable[[torch.Tensor], torch.Tensor], ext: str = "png", quality: int = 95,
-                  png_compression: int = 1, *,
+                  png_compression: int = 1, *, max_pixels: int | None = None,
                   on_progress: Callable[[str], None] | None = None,
-                  on_error: Callable[[str], None] | None = None) -> tuple[list[str], list[str]]:
+                  on_error: Callable[[str], None] | None = None,
+                  on_warning: Callable[[str], None] | None = None) -> tuple[list[str], list[str]]:
     """Enhance ``files`` into ``outdir/<stem>.<ext>``; returns (written paths, error messages).
 
     ``enhancer``: an :class:`Enhancer` (or any callable 1x3xHxW -> CPU image). Reading the next image
-    and writing the previous one overlap with the model. A file that cannot be read, enhanced or
-    written, or whose output would overwrite an earlier one's, is skipped and its message (naming the
-    file) returned; the others go on. ``on_progress(path)`` is called once per input when it is done
-    with, ``on_error(message)`` once per error as it happens (for example to print them above a
-    progress bar); without them nothing is reported until the function returns.
+    and writing the previous one overlap with the model. A file that cannot be read (also: above
+    ``max_pixels``, default :data:`lowlight_fast.io.MAX_PIXELS`; 0: no limit), enhanced (out of memory
+    included) or written is skipped and its message (naming the file) returned; the others go on. So is
+    a file whose output would be one of the inputs, would overwrite an earlier one's output, or is
+    being written by another process (:class:`OutputClaims`). Outputs are written atomically (a hidden
+    temporary file, renamed). ``on_progress(path)`` is called once per input when it is done with,
+    ``on_error(message)`` once per error as it happens (for example to print them above a progress
+    bar), ``on_warning(message)`` for what is done but not quite as asked (a multi-frame file, of which
+    only the first frame is enhanced); without them nothing is reported until the function returns.
     """
     from lowlight_fast import io
 
     ext = output_extension(ext)
     outdir = os.fspath(outdir)
     os.makedirs(outdir, exist_ok=True)
+    limit = io.MAX_PIXELS if max_pixels is None else max_pixels
     written: list[str] = []
     errors: list[str] = []
     claimed: dict[str, str] = {}
+    inputs = {os.path.realpath(f) for f in files}
 
     def fail(message: str) -> None:
         errors.append(message)
         if on_error is not None:
             on_error(message)
 
-    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+    def read(path: str):
+        return io.read_image(path, max_pixels=limit)
+
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer, OutputClaims(outdir) as claims:
         pending_writes: list[tuple[str, str, Future]] = []
-        nxt = reader.submit(io.read_image, files[0]) if files else None
+        nxt = reader.submit(read, files[0]) if files else None
         for i, src in enumerate(files):
             fut = nxt
-            nxt = reader.submit(io.read_image, files[i + 1]) if i + 1 < len(files) else None
+            nxt = reader.submit(read, files[i + 1]) if i + 1 < len(files) else None
             dst = os.path.join(outdir, f"{Path(src).stem}.{ext}")
             try:
-                img = fut.result()
                 key = os.path.realpath(dst)
+                if key in inputs:
+                    raise ValueError(f"{src}: its output {dst} is one of the input files, which is never "
+                                     "written over; choose another output folder (-o) or format (--ext)")
                 if key in claimed:
                     raise ValueError(f"{src}: its output {dst} would overwrite the result of {claimed[key]}; "
                                      "rename one of them or enhance them into separate folders")
+                holder = claims.claim(os.path.basename(key))
+                if holder is not None:
+                    raise ValueError(f"{src}: its output {dst} is being written by another process (pid "
+                                     f"{holder}); wait for it, or enhance into another folder")
                 claimed[key] = src
+                img = fut.result()
+                if img.frames > 1 and on_warning is not None:
+                    on_warning(f"{src}: holds {img.frames} frames; only the first is enhanced")
                 y = enhancer(img.to_tensor())
                 pending_writes.append((src, dst, writer.submit(
                     io.write_image, dst, y, bits=img.bits, alpha=img.alpha, quality=quality,
                     png_compression=png_compression)))
             except (io.ImageReadError, ValueError) as exc:
                 fail(str(exc))
+            except MemoryError:
+                fail(f"{src}: not enough memory to enhance it (try --tile, or a smaller image)")
             except RuntimeError as exc:
                 fail(f"{src}: {exc}")
             if on_progress is not None:
@@ -290,5 +392,15 @@ def enhance_files(files: Sequence[str], outdir: str | os.PathLike,
                 fut.result()
                 written.append(dst)
             except Exception as exc:  # noqa: BLE001 - report and go on with the batch
-                fail(f"{src}: cannot write {dst}: {exc}")
+                fail(f"{src}: cannot write {dst}: {_describe_os_error(exc)}")
     return written, errors
+
+
+def _describe_os_error(exc: BaseException) -> str:
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "no space left on the device"
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"permission denied ({exc.strerror})"
+    return str(exc)

@@ -1,8 +1,13 @@
 """Reading and writing images for the command line.
 
 - Any mode Pillow opens is accepted: grey, grey+alpha, RGB, RGBA, palette (with or without
-  transparency), CMYK, 16-bit grey, 16-bit RGB/RGBA PNG (Pillow decodes those to 8 bits; we decode the
-  low bytes too, so all 16 bits are kept).
+  transparency), CMYK, 16-bit grey, 16-bit grey+alpha and RGB/RGBA PNG (Pillow decodes those to 8 bits;
+  we decode the low bytes too, so all 16 bits are kept).
+- Multi-frame files (animated GIF/PNG/WebP, multi-page TIFF): the first frame is read, and
+  :attr:`LoadedImage.frames` says how many there are, so that a caller can warn.
+- Images above ``max_pixels`` (default :data:`MAX_PIXELS`) are refused before they are decoded (a
+  header can claim any size: a decompression bomb), and an image that does not fit in memory is
+  reported like a corrupt one, naming the file.
 - The EXIF orientation is applied, so the result is upright; the output carries no EXIF.
 - Colour goes to the model as RGB float32 in [0, 1]; alpha is kept aside and written back unchanged
   (where the output format has alpha).
@@ -20,7 +25,10 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-Image.MAX_IMAGE_PIXELS = None  # large photographs are the point; decompression bombs are not our threat model
+# Pillow's own bomb check warns at 89 MP and fails at twice that; large photographs are the point here,
+# so read_image applies its own limit (MAX_PIXELS, which a caller can raise) before decoding.
+Image.MAX_IMAGE_PIXELS = None
+MAX_PIXELS = 1 << 28  # 268 MP: a 16384 x 16384 image
 
 EXIF_ORIENTATION = 0x0112
 ALPHA_FORMATS = {"PNG", "WEBP", "TIFF", "GIF"}  # output formats that store an alpha channel
@@ -46,6 +54,7 @@ class LoadedImage:
     rgb: np.ndarray
     alpha: np.ndarray | None
     bits: int
+    frames: int = 1  # frames in the file (only the first is read)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -87,18 +96,25 @@ def _png16_low_bytes(path: str, im: Image.Image) -> np.ndarray | None:
     if im.format != "PNG" or not tiles:
         return None
     rawmodes = [t.args for t in tiles]
-    if not all(isinstance(r, str) and r in ("RGB;16B", "RGBA;16B") for r in rawmodes):
+    if not all(isinstance(r, str) and r in ("RGB;16B", "RGBA;16B", "LA;16B") for r in rawmodes):
         return None
     with Image.open(path) as low:
         low.tile = [t._replace(args=t.args.replace(";16B", ";16L")) for t in low.tile]
         return np.asarray(low).astype(np.uint16)
 
 
-def read_image(path: str | os.PathLike) -> LoadedImage:
-    """Decode ``path`` into an upright :class:`LoadedImage`. Raises :class:`ImageReadError`."""
+def read_image(path: str | os.PathLike, *, max_pixels: int | None = MAX_PIXELS) -> LoadedImage:
+    """Decode ``path`` (its first frame) into an upright :class:`LoadedImage`. Raises
+    :class:`ImageReadError`, also for an image above ``max_pixels`` (None or 0: no limit) and for one
+    that does not fit in memory."""
     path = os.fspath(path)
     try:
         with Image.open(path) as im:
+            w, h = im.size
+            if max_pixels and w * h > max_pixels:
+                raise ImageReadError(path, f"{w}x{h} is {w * h:,} pixels, above the limit of {max_pixels:,} "
+                                           "(a decompression bomb?); raise the limit to read it (--max-pixels)")
+            frames = int(getattr(im, "n_frames", 1) or 1)
             low = _png16_low_bytes(path, im)  # before anything loads the image (getexif may)
             orientation = 1
             try:
@@ -117,12 +133,14 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
         raise ImageReadError(path, "is a directory") from None
     except PermissionError:
         raise ImageReadError(path, "permission denied") from None
+    except MemoryError:
+        raise ImageReadError(path, "not enough memory to decode it") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
         raise ImageReadError(path, f"corrupt or truncated file ({exc})") from None
     rgb = np.ascontiguousarray(_orient(rgb, orientation))
     if alpha is not None:
         alpha = np.ascontiguousarray(_orient(alpha, orientation))
-    return LoadedImage(rgb=rgb, alpha=alpha, bits=bits)
+    return LoadedImage(rgb=rgb, alpha=alpha, bits=bits, frames=frames)
 
 
 def _to_arrays(im: Image.Image, low: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None, int]:
@@ -190,11 +208,22 @@ def _write_png16(path: str, a: np.ndarray, level: int) -> None:
     _atomic_write_bytes(path, data)
 
 
+def temporary_path(path: str) -> str:
+    """Where ``path`` is written before it is renamed into place: a hidden name in the same folder
+    (hidden files are never taken for inputs), one per process."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.tmp{os.getpid()}")
+
+
 def _atomic_write_bytes(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    tmp = temporary_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 _alpha_warned: set[str] = set()
@@ -245,7 +274,7 @@ def write_image(
         kwargs["compress_level"] = png_compression
     if fmt == "JPEG":
         kwargs["subsampling"] = 0 if quality >= 90 else 2
-    tmp = f"{path}.tmp{os.getpid()}"
+    tmp = temporary_path(path)
     try:
         im.save(tmp, format=fmt, **kwargs)
         os.replace(tmp, path)
