@@ -7,30 +7,14 @@ import signal
 import subprocess
 import time
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 from lowlight_fast import train as T
 from tests.cli.conftest import ROOT, cli_command, run_cli
 
 THREADS = {"OMP_NUM_THREADS": "1"}  # one thread: the same arithmetic in every process
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """Seven dark images of different sizes (one in a subfolder)."""
-    rng = np.random.default_rng(21)
-    d = tmp_path_factory.mktemp("data")
-    (d / "sub").mkdir()
-    for i in range(7):
-        h, w = 40 + 3 * i, 52 - 2 * i
-        name = f"sub/img{i}.png" if i == 6 else f"img{i}.png"
-        Image.fromarray(rng.integers(0, 90, (h, w, 3)).astype(np.uint8)).save(d / name)
-    (d / "readme.txt").write_text("ignored: not an image extension")
-    return d
 
 
 def _args(data_dir, out, steps=24):

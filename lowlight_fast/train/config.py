@@ -1,0 +1,61 @@
+"""What a training run is asked to do: ``TrainConfig``, the original recipes, the checks of the values."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lowlight_fast.models import registry
+
+# the originals' recipes, by model (registry.ModelSpec.recipe): the TrainConfig defaults of each model
+RECIPES: dict[str, dict] = {name: dict(spec.recipe) for name, spec in registry.MODELS.items()}
+
+
+class TrainingError(RuntimeError):
+    """A training run that cannot go on (diverged, bad checkpoint, unusable data); the message says why."""
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    data_dir: str
+    out: str
+    size: int = 0              # resize every image to size x size (0: keep the full size)
+    crop: int = 0              # random crop x crop patches of the (full-size) images (0: no crop)
+    batch_size: int = 8
+    epochs: int = 1
+    steps: int = 0             # total optimiser steps (0: epochs x steps per epoch)
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    grad_clip: float = 0.1
+    seed: int = 0
+    schedule: str = "constant"  # constant | cosine
+    stages: int = 3            # SCI only
+    sci_ycbcr: str = "faithful"  # SCI only: the SmoothLoss colour conversion, "faithful" or "per_pixel"
+    amp: bool = False
+    device: str = "auto"
+    checkpoint_every: int = 200
+    workers: int = 0
+    log_every: int = 10
+    progress: bool = True
+
+    @classmethod
+    def for_model(cls, model: str, data_dir: str, out: str, **overrides) -> "TrainConfig":
+        """The recipe of ``model``, with the ``overrides`` that are not None."""
+        values = dict(registry.get(model).recipe)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(model=model, data_dir=data_dir, out=out, **values)
+
+    def sci_only(self, **options) -> dict:
+        """``options`` when this run trains SCI, else nothing: the fields marked "SCI only" above."""
+        return options if self.model == "sci" else {}
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Raise TrainingError naming the command-line option whose value cannot work."""
+    for name in ("batch_size", "checkpoint_every", "log_every", "stages"):
+        if getattr(cfg, name) < 1:
+            raise TrainingError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    for name in ("size", "crop", "steps", "epochs", "workers"):
+        if getattr(cfg, name) < 0:
+            raise TrainingError(f"--{name.replace('_', '-')} must not be negative, got {getattr(cfg, name)}")
+    if cfg.size and cfg.crop:
+        raise TrainingError("--size and --crop exclude each other (crops are taken from full-size images)")
