@@ -18,6 +18,7 @@ import fcntl
 import glob
 import json
 import os
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -326,8 +327,9 @@ def enhance_files(files: Sequence[str], outdir: str | os.PathLike,
     and writing the previous one overlap with the model. A file that cannot be read (also: above
     ``max_pixels``, default :data:`lowlight_fast.io.MAX_PIXELS`; 0: no limit), enhanced (out of memory
     included) or written is skipped and its message (naming the file) returned; the others go on. So is
-    a file whose output would be one of the inputs, would overwrite an earlier one's output, or is
-    being written by another process (:class:`OutputClaims`). Outputs are written atomically (a hidden
+    a file whose output would be one of the inputs, would overwrite an earlier one's output, is being
+    written by another process (:class:`OutputClaims`), or was written by another process since this
+    call began (an output older than the call is replaced: running again over a folder is normal). Outputs are written atomically (a hidden
     temporary file, renamed). ``on_progress(path)`` is called once per input when it is done with,
     ``on_error(message)`` once per error as it happens (for example to print them above a progress
     bar), ``on_warning(message)`` for what is done but not quite as asked (a multi-frame file, of which
@@ -343,6 +345,7 @@ def enhance_files(files: Sequence[str], outdir: str | os.PathLike,
     errors: list[str] = []
     claimed: dict[str, str] = {}
     inputs = {os.path.realpath(f) for f in files}
+    started = time.time_ns()  # an output newer than this was written by another run meanwhile
 
     def fail(message: str) -> None:
         errors.append(message)
@@ -371,6 +374,9 @@ def enhance_files(files: Sequence[str], outdir: str | os.PathLike,
                 if holder is not None:
                     raise ValueError(f"{src}: its output {dst} is being written by another process (pid "
                                      f"{holder}); wait for it, or enhance into another folder")
+                if _written_since(dst, started):
+                    raise ValueError(f"{src}: its output {dst} was written by another process while this run "
+                                     "was going; it is left as it is (enhance into another folder, or run again)")
                 claimed[key] = src
                 img = fut.result()
                 if img.frames > 1 and on_warning is not None:
@@ -394,6 +400,13 @@ def enhance_files(files: Sequence[str], outdir: str | os.PathLike,
             except Exception as exc:  # noqa: BLE001 - report and go on with the batch
                 fail(f"{src}: cannot write {dst}: {_describe_os_error(exc)}")
     return written, errors
+
+
+def _written_since(path: str, since_ns: int) -> bool:
+    try:
+        return os.stat(path).st_mtime_ns >= since_ns
+    except OSError:
+        return False
 
 
 def _describe_os_error(exc: BaseException) -> str:

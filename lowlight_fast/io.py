@@ -96,11 +96,34 @@ def _png16_low_bytes(path: str, im: Image.Image) -> np.ndarray | None:
     if im.format != "PNG" or not tiles:
         return None
     rawmodes = [t.args for t in tiles]
-    if not all(isinstance(r, str) and r in ("RGB;16B", "RGBA;16B", "LA;16B") for r in rawmodes):
+    if not all(isinstance(r, str) and r in ("RGB;16B", "RGBA;16B") for r in rawmodes):
         return None
     with Image.open(path) as low:
         low.tile = [t._replace(args=t.args.replace(";16B", ";16L")) for t in low.tile]
         return np.asarray(low).astype(np.uint16)
+
+
+def _png16_grey_alpha(path: str, im: Image.Image) -> np.ndarray | None:
+    """A 16-bit grey+alpha PNG (which Pillow reduces to 8 bits) as an H x W x 2 uint16 array, else None.
+
+    Pillow has no unpacker for the low bytes of these, but a 16-bit grey+alpha pixel is 4 bytes, as an
+    8-bit RGBA pixel is: the same file with the header saying 8-bit RGBA unfilters to the same bytes
+    (the PNG filters work on bytes, with the pixel size as their step), which then pair up.
+    """
+    tiles = getattr(im, "tile", None) or []
+    if im.format != "PNG" or not tiles or not all(t.args == "LA;16B" for t in tiles):
+        return None
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[12:16] != b"IHDR":
+        return None
+    ihdr = data[16:24] + bytes([8, 6]) + data[26:29]
+    patched = data[:16] + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF) + data[33:]
+    import io as _bytes
+
+    with Image.open(_bytes.BytesIO(patched)) as rgba:
+        a = np.asarray(rgba).astype(np.uint16)
+    return np.stack([a[..., 0] * 256 + a[..., 1], a[..., 2] * 256 + a[..., 3]], axis=-1)
 
 
 def read_image(path: str | os.PathLike, *, max_pixels: int | None = MAX_PIXELS) -> LoadedImage:
@@ -116,13 +139,18 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = MAX_PIXELS) 
                                            "(a decompression bomb?); raise the limit to read it (--max-pixels)")
             frames = int(getattr(im, "n_frames", 1) or 1)
             low = _png16_low_bytes(path, im)  # before anything loads the image (getexif may)
+            grey_alpha = _png16_grey_alpha(path, im)
             orientation = 1
             try:
                 orientation = int(im.getexif().get(EXIF_ORIENTATION, 1))
             except Exception:  # a broken EXIF block must not lose the picture
                 orientation = 1
             im.load()
-            rgb, alpha, bits = _to_arrays(im, low)
+            if grey_alpha is not None:
+                g = grey_alpha[..., 0].astype(np.float32) / 65535.0
+                rgb, alpha, bits = np.repeat(g[..., None], 3, axis=2), grey_alpha[..., 1], 16
+            else:
+                rgb, alpha, bits = _to_arrays(im, low)
     except ImageReadError:
         raise
     except UnidentifiedImageError:
