@@ -20,8 +20,18 @@ RUN_KEYS = ("model", "size", "crop", "batch_size", "lr", "weight_decay", "grad_c
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """Write ``state`` to ``path`` atomically: temporary file in the same folder, fsync, rename."""
+    """Write ``state`` to ``path`` atomically: temporary file in the same folder, fsync, rename.
+
+    A state whose model weights hold NaN or inf is refused (TrainingError), so that the file on disk is
+    always the last finite one; so is a write that fails (a full disk: the old file stays)."""
     path = Path(path)
+    if isinstance(state.get("model"), dict):
+        from lowlight_fast.models.checkpoint import check_finite
+
+        try:
+            check_finite(state["model"], f"the model at step {state.get('step')}")
+        except ValueError as exc:
+            raise TrainingError(f"{exc}; checkpoint {str(path)!r} not written") from None
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -30,6 +40,12 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise TrainingError(f"cannot write the checkpoint {str(path)!r}: {describe_os_error(exc)}; the previous "
+                            "checkpoint, if any, is intact") from None
+    except RuntimeError as exc:  # torch.save reports a failed write as "PytorchStreamWriter failed ..."
+        raise TrainingError(f"cannot write the checkpoint {str(path)!r} ({exc}; is the disk full?); the "
+                            "previous checkpoint, if any, is intact") from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -62,12 +78,23 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return state
 
 
-def resolve_config(cfg: TrainConfig, resume: str | os.PathLike | None) -> dict | None:
+def describe_os_error(exc: OSError) -> str:
+    import errno
+
+    if exc.errno == errno.ENOSPC:
+        return "no space left on the device"
+    return exc.strerror or str(exc)
+
+
+def resolve_config(cfg: TrainConfig, resume: str | os.PathLike | None,
+                   given: frozenset[str] = frozenset()) -> dict | None:
     """Settle ``cfg`` for a new run (``resume`` None) or for continuing checkpoint ``resume``.
 
     A new run refuses an ``out`` folder that already holds a checkpoint. A resumed run takes the
     ``RUN_KEYS`` settings from the checkpoint (``cfg`` is updated in place), except that ``steps`` or
-    ``epochs`` larger than the checkpoint's extend the run. Returns the checkpoint's state, or None.
+    ``epochs`` larger than the checkpoint's extend the run. ``given``: the settings the caller asked
+    for explicitly (the command line's options); one of them that differs from the checkpoint's is
+    refused, naming both values, rather than silently ignored. Returns the checkpoint's state, or None.
     """
     if resume is None:
         out = Path(cfg.out)
@@ -81,6 +108,14 @@ def resolve_config(cfg: TrainConfig, resume: str | os.PathLike | None) -> dict |
     if saved["model"] != cfg.model:
         raise TrainingError(f"checkpoint {str(resume)!r} trains {saved['model']}, not {cfg.model}")
     extend = {k: getattr(cfg, k) for k in ("steps", "epochs")}
+    conflicts = [k for k in RUN_KEYS if k in given and k not in extend and k in saved
+                 and getattr(cfg, k) != saved[k]]
+    if conflicts:
+        desc = ", ".join(f"--{k.replace('_', '-')} {getattr(cfg, k)} (the checkpoint has {saved[k]})"
+                         for k in conflicts)
+        raise TrainingError(
+            f"a resumed run keeps the settings of its checkpoint, and these differ: {desc}; drop them to "
+            "resume (only --steps and --epochs may extend the run), or start a new run in another --out")
     for k in RUN_KEYS:
         setattr(cfg, k, saved.get(k, getattr(cfg, k)))
     for k, v in extend.items():
@@ -111,4 +146,5 @@ class Checkpointer:
         else:
             where = (f"the last good checkpoint (step {self.last_good}) is intact at {self.path}; lower --lr "
                      "or check the data, then resume with --resume")
-        return TrainingError(f"training stopped: {reason}; the step was not applied; {where}")
+        step = "its result was not saved" if getattr(reason, "applied", False) else "the step was not applied"
+        return TrainingError(f"training stopped: {reason}; {step}; {where}")

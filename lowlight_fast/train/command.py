@@ -22,6 +22,8 @@ def _defaults(key: str, show=lambda v: f"{v:g}") -> str:
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    from lowlight_fast.cli import int_at_least
+
     p.add_argument("model", choices=tuple(RECIPES), help="network to train")
     p.add_argument("data_dir", metavar="DATA_DIR", help="folder of training images (searched recursively)")
     p.add_argument("-o", "--out", default=None, metavar="DIR", help=(
@@ -53,7 +55,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="continue from CHECKPOINT (default: OUT/checkpoint.pt) exactly where it stopped")
     p.add_argument("--workers", type=int, default=None,
                    help="data-loading processes (default 0: in the main one)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=int_at_least(1), default=None,
                    help="CPU threads for torch (default: torch's default)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
@@ -74,7 +76,9 @@ def cmd_train(args) -> int:
         resume = None
         if args.resume is not None:
             resume = os.path.join(out, CHECKPOINT_NAME) if args.resume == "auto" else args.resume
-        train(cfg, resume=resume)
+        given = frozenset(k for k, v in overrides.items() if v is not None and k != "progress"
+                          and getattr(args, k, None) is not None)
+        train(cfg, resume=resume, given=given)
     except TrainingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """What a training run is asked to do: ``TrainConfig``, the original recipes, the checks of the values."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from lowlight_fast.models import registry
@@ -57,5 +58,11 @@ def validate_config(cfg: TrainConfig) -> None:
     for name in ("size", "crop", "steps", "epochs", "workers"):
         if getattr(cfg, name) < 0:
             raise TrainingError(f"--{name.replace('_', '-')} must not be negative, got {getattr(cfg, name)}")
+    for name, low, strict in (("lr", 0.0, True), ("weight_decay", 0.0, False), ("grad_clip", 0.0, True)):
+        v = getattr(cfg, name)
+        ok = isinstance(v, (int, float)) and math.isfinite(v) and (v > low if strict else v >= low)
+        if not ok:
+            bound = "a positive" if strict else "a non-negative"
+            raise TrainingError(f"--{name.replace('_', '-')} must be {bound} finite number, got {v}")
     if cfg.size and cfg.crop:
         raise TrainingError("--size and --crop exclude each other (crops are taken from full-size images)")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from lowlight_fast.train.checkpoint import Checkpointer, resolve_config
-from lowlight_fast.train.config import TrainConfig
+from lowlight_fast.train.checkpoint import Checkpointer, describe_os_error, resolve_config
+from lowlight_fast.train.config import TrainConfig, TrainingError
 from lowlight_fast.train.log import RunLog
 from lowlight_fast.train.objective import Objective
 from lowlight_fast.train.state import Run, build_run, restore
@@ -24,13 +24,14 @@ def _batches(run: Run) -> torch.utils.data.DataLoader:
 
 
 def train(cfg: TrainConfig, resume: str | os.PathLike | None = None,
-          objective: Objective | None = None) -> dict:
+          objective: Objective | None = None, given: frozenset[str] = frozenset()) -> dict:
     """Run (or continue) a training run; returns {"step", "weights", "checkpoint"}.
 
     ``resume``: a checkpoint path; the run's settings (``RUN_KEYS``) are taken from it, except that
-    ``steps``/``epochs`` given here may extend the run.
+    ``steps``/``epochs`` given here may extend the run; ``given`` names settings asked for explicitly,
+    which must then agree with the checkpoint (:func:`resolve_config`).
     """
-    state = resolve_config(cfg, resume)
+    state = resolve_config(cfg, resume, given)
     run = build_run(cfg, objective)
     if state is not None:
         restore(run, state)
@@ -50,7 +51,12 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None,
 
     weights = Path(cfg.out) / f"{cfg.model}.safetensors"
     run.model.eval()
-    save_weights(run.model, weights)
+    try:
+        save_weights(run.model, weights)
+    except ValueError as exc:  # non-finite weights (the step checks make this unreachable in practice)
+        raise TrainingError(str(exc)) from None
+    except OSError as exc:
+        raise TrainingError(f"cannot write the weights {str(weights)!r}: {describe_os_error(exc)}") from None
     if cfg.progress:
         print(f"trained {cfg.model} to step {run.step} in {time.perf_counter() - t0:.1f} s; "
               f"weights {weights}, checkpoint {checkpoints.path}", file=sys.stderr)

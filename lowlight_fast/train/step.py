@@ -19,11 +19,12 @@ if TYPE_CHECKING:
 
 
 class Diverged(TrainingError):
-    """The loss or the gradient norm is not finite; the step was not applied."""
+    """The loss, the gradient norm or the updated weights are not finite; nothing of the step is saved."""
 
-    def __init__(self, what: str, values: dict[str, float]):
+    def __init__(self, what: str, values: dict[str, float], *, applied: bool = False):
         terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
         super().__init__(f"{what} ({terms})")
+        self.applied = applied  # the optimiser step ran (its result is in memory only, never saved)
 
 
 @torch.no_grad()
@@ -37,6 +38,13 @@ def flush_subnormal_params_(model: nn.Module) -> None:
         if p.is_floating_point():
             tiny = torch.finfo(p.dtype).tiny
             p.masked_fill_(p.abs() < tiny, 0.0)
+
+
+@torch.no_grad()
+def _finite(model: nn.Module) -> bool:
+    """Every floating parameter finite (one reduction per tensor and a single host sync)."""
+    checks = [torch.isfinite(p).all() for p in model.parameters() if p.is_floating_point()]
+    return bool(torch.stack(checks).all()) if checks else True
 
 
 def compute_gradients(run: "Run", batch: torch.Tensor) -> dict[str, float]:
@@ -71,6 +79,9 @@ def apply_update(run: "Run", values: dict[str, float]) -> None:
     run.scaler.update()
     run.scheduler.step()
     flush_subnormal_params_(run.model)
+    if not _finite(run.model):  # finite loss and gradient, but an update too large (e.g. --lr inf)
+        raise Diverged(f"the weights became non-finite in the update of step {run.step + 1}", values,
+                       applied=True)
     run.step += 1
 
 
