@@ -29,3 +29,26 @@ def device(request) -> str:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def cli_main(capsys, monkeypatch):
+    """``lowlight-fast ARGS`` run in this process: returns (exit status, stderr). The process-wide
+    settings the command makes (flushing denormals, the thread count, the caching CPU allocator) are
+    kept from it or undone afterwards, so that they cannot leak into other tests."""
+    from lowlight_fast import cli
+
+    monkeypatch.setattr(torch, "set_flush_denormal", lambda on: True)
+    monkeypatch.setenv("LOWLIGHT_FAST_KEEP_FREED_MEMORY", "0")
+    threads = torch.get_num_threads()
+
+    def run(*args) -> tuple[int, str]:
+        try:
+            status = cli.main([str(a) for a in args])
+        except SystemExit as exc:  # argparse's usage errors
+            status = exc.code
+        finally:
+            torch.set_num_threads(threads)
+        return status, capsys.readouterr().err
+
+    return run

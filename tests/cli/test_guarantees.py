@@ -15,7 +15,6 @@ import pytest
 import torch
 from PIL import Image
 
-from lowlight_fast import cli
 from lowlight_fast.enhance import Enhancer, OutputClaims, enhance_files
 from tests.cli._png import read_png16, write_png16
 from tests.cli.conftest import run_cli
@@ -33,15 +32,6 @@ def folder(tmp_path):
     for name in ("a", "b"):
         Image.fromarray(_dark(rng, 20, 24, 3)).save(d / f"{name}.png")
     return d
-
-
-def _main(capsys, *args) -> tuple[int, str]:
-    """``lowlight-fast ARGS`` in this process: (exit status, stderr)."""
-    try:
-        status = cli.main([str(a) for a in args])
-    except SystemExit as exc:  # argparse's usage errors
-        status = exc.code
-    return status, capsys.readouterr().err
 
 
 def _png_claiming(path, width: int, height: int) -> None:
@@ -67,55 +57,55 @@ def _png_claiming(path, width: int, height: int) -> None:
     (["--ext", "psd"], "--ext psd: not an image format Pillow can write"),
     (["--device", "gpu"], "--device gpu: expected auto, cpu, cuda or cuda:N"),
 ])
-def test_bad_flags_are_one_line_and_exit_2(capsys, folder, tmp_path, weights_dir, args, message):
+def test_bad_flags_are_one_line_and_exit_2(cli_main, folder, tmp_path, weights_dir, args, message):
     out = tmp_path / "out"
-    status, err = _main(capsys, "enhance", folder, "-o", out, "--weights", weights_dir / "zerodce.safetensors",
+    status, err = cli_main("enhance", folder, "-o", out, "--weights", weights_dir / "zerodce.safetensors",
                         *args)
     assert status == 2, err
     assert message in err and "Traceback" not in err
     assert not out.exists() or not any(p.suffix == ".png" for p in out.iterdir())  # nothing was processed
 
 
-def test_output_that_is_a_file_is_refused(capsys, folder, tmp_path):
+def test_output_that_is_a_file_is_refused(cli_main, folder, tmp_path):
     target = tmp_path / "taken.png"
     target.write_bytes(b"x")
-    status, err = _main(capsys, "enhance", folder, "-o", target)
+    status, err = cli_main("enhance", folder, "-o", target)
     assert status == 2 and "exists and is not a folder" in err and "Traceback" not in err
     assert target.read_bytes() == b"x"
 
 
-def test_output_that_cannot_be_created_is_refused(capsys, folder, tmp_path):
+def test_output_that_cannot_be_created_is_refused(cli_main, folder, tmp_path):
     (tmp_path / "plain").write_bytes(b"x")
-    status, err = _main(capsys, "enhance", folder, "-o", tmp_path / "plain" / "out")
+    status, err = cli_main("enhance", folder, "-o", tmp_path / "plain" / "out")
     assert status == 2 and "cannot create the output folder" in err and "Traceback" not in err
 
 
 # ------------------------------------------------------------------------------------------ inputs kept
-def test_output_folder_equal_to_input_folder_never_overwrites_an_input(capsys, folder, weights_dir):
+def test_output_folder_equal_to_input_folder_never_overwrites_an_input(cli_main, folder, weights_dir):
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    status, err = _main(capsys, "enhance", folder, "-o", folder, "--weights", weights_dir / "zerodce.safetensors",
+    status, err = cli_main("enhance", folder, "-o", folder, "--weights", weights_dir / "zerodce.safetensors",
                         "--device", "cpu", "-q")
     assert status == 1
     assert "is one of the input files, which is never written over" in err
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
-def test_another_format_into_the_input_folder_is_allowed(capsys, folder, weights_dir):
-    status, err = _main(capsys, "enhance", folder / "a.png", "-o", folder, "--ext", "tif",
+def test_another_format_into_the_input_folder_is_allowed(cli_main, folder, weights_dir):
+    status, err = cli_main("enhance", folder / "a.png", "-o", folder, "--ext", "tif",
                         "--weights", weights_dir / "zerodce.safetensors", "--device", "cpu", "-q")
     assert status == 0, err
     assert (folder / "a.tif").is_file()
 
 
 # ------------------------------------------------------------------------------------------ two processes
-def test_an_output_claimed_by_a_live_process_is_not_replaced(capsys, folder, tmp_path, weights_dir):
+def test_an_output_claimed_by_a_live_process_is_not_replaced(cli_main, folder, tmp_path, weights_dir):
     out = tmp_path / "out"
     out.mkdir()
     (out / "a.png").write_bytes(b"the other run's result")
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         (out / OutputClaims.FILE).write_text(json.dumps({"a.png": other.pid}))
-        status, err = _main(capsys, "enhance", folder, "-o", out, "--weights", weights_dir / "zerodce.safetensors",
+        status, err = cli_main("enhance", folder, "-o", out, "--weights", weights_dir / "zerodce.safetensors",
                             "--device", "cpu", "-q")
     finally:
         other.kill()
@@ -127,13 +117,13 @@ def test_an_output_claimed_by_a_live_process_is_not_replaced(capsys, folder, tmp
     assert json.loads((out / OutputClaims.FILE).read_text()) == {"a.png": other.pid}  # ours released
 
 
-def test_claims_of_a_dead_process_are_taken_over(capsys, folder, tmp_path, weights_dir):
+def test_claims_of_a_dead_process_are_taken_over(cli_main, folder, tmp_path, weights_dir):
     out = tmp_path / "out"
     out.mkdir()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (out / OutputClaims.FILE).write_text(json.dumps({"a.png": dead.pid, "b.png": dead.pid}))
-    status, err = _main(capsys, "enhance", folder, "-o", out, "--weights", weights_dir / "zerodce.safetensors",
+    status, err = cli_main("enhance", folder, "-o", out, "--weights", weights_dir / "zerodce.safetensors",
                         "--device", "cpu", "-q")
     assert status == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]  # the claims file is gone too
@@ -196,18 +186,18 @@ def test_two_concurrent_runs_never_lose_or_mix_results(tmp_path, weights_dir):
 
 
 # ------------------------------------------------------------------------------------------ skipped files
-def test_a_decompression_bomb_is_skipped_and_the_rest_written(capsys, folder, tmp_path, weights_dir):
+def test_a_decompression_bomb_is_skipped_and_the_rest_written(cli_main, folder, tmp_path, weights_dir):
     _png_claiming(folder / "bomb.png", 100000, 100000)
     out = tmp_path / "out"
-    status, err = _main(capsys, "enhance", folder, "-o", out, "--weights", weights_dir / "zerodce.safetensors",
+    status, err = cli_main("enhance", folder, "-o", out, "--weights", weights_dir / "zerodce.safetensors",
                         "--device", "cpu", "-q")
     assert status == 1
     assert "bomb.png" in err and "100000x100000" in err and "--max-pixels" in err
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
 
 
-def test_max_pixels_lowers_the_limit(capsys, folder, tmp_path, weights_dir):
-    status, err = _main(capsys, "enhance", folder, "-o", tmp_path / "out", "--max-pixels", "100",
+def test_max_pixels_lowers_the_limit(cli_main, folder, tmp_path, weights_dir):
+    status, err = cli_main("enhance", folder, "-o", tmp_path / "out", "--max-pixels", "100",
                         "--weights", weights_dir / "zerodce.safetensors", "--device", "cpu", "-q")
     assert status == 1 and err.count("above the limit of 100") == 2
 
@@ -226,7 +216,7 @@ def test_out_of_memory_in_the_model_is_named_and_skipped(tmp_path, folder, weigh
     assert [os.path.basename(p) for p in written] == ["b.png"]
 
 
-def test_nan_weights_are_refused_before_any_image(capsys, folder, tmp_path, weights_dir):
+def test_nan_weights_are_refused_before_any_image(cli_main, folder, tmp_path, weights_dir):
     from lowlight_fast.models import build_model, load_weights
     from lowlight_fast.models.checkpoint import read_state_dict
 
@@ -234,7 +224,7 @@ def test_nan_weights_are_refused_before_any_image(capsys, folder, tmp_path, weig
     sd["e_conv1.weight"][0, 0, 0, 0] = float("nan")
     bad = tmp_path / "nan.pth"
     torch.save(sd, bad)
-    status, err = _main(capsys, "enhance", folder, "-o", tmp_path / "out", "--weights", bad, "--device", "cpu")
+    status, err = cli_main("enhance", folder, "-o", tmp_path / "out", "--weights", bad, "--device", "cpu")
     assert status == 2 and "non-finite" in err and "Traceback" not in err
     assert not list((tmp_path / "out").glob("*.png"))
     assert load_weights(build_model("zerodce"), weights_dir / "zerodce.safetensors")  # the good ones still load
@@ -269,27 +259,27 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path, folder, monkeypatch):
     assert list(out.iterdir()) == []
 
 
-def test_leftover_temporaries_are_never_taken_for_inputs(capsys, folder, tmp_path, weights_dir):
+def test_leftover_temporaries_are_never_taken_for_inputs(cli_main, folder, tmp_path, weights_dir):
     (folder / f".a.png.tmp{os.getpid() + 1}").write_bytes(b"half a png")  # a run killed while writing
-    status, err = _main(capsys, "enhance", folder, "-o", tmp_path / "out",
+    status, err = cli_main("enhance", folder, "-o", tmp_path / "out",
                         "--weights", weights_dir / "zerodce.safetensors", "--device", "cpu", "-q")
     assert status == 0, err
 
 
 # ------------------------------------------------------------------------------------------ multi-frame, 16 bits
-def test_multi_frame_files_warn_that_only_the_first_frame_is_enhanced(capsys, tmp_path, weights_dir):
+def test_multi_frame_files_warn_that_only_the_first_frame_is_enhanced(cli_main, tmp_path, weights_dir):
     rng = np.random.default_rng(2)
     frames = [Image.fromarray(_dark(rng, 16, 16, 3)) for _ in range(3)]
     frames[0].save(tmp_path / "clip.gif", save_all=True, append_images=frames[1:])
     frames[0].save(tmp_path / "pages.tif", save_all=True, append_images=frames[1:2])
-    status, err = _main(capsys, "enhance", tmp_path / "clip.gif", tmp_path / "pages.tif", "-o", tmp_path / "out",
+    status, err = cli_main("enhance", tmp_path / "clip.gif", tmp_path / "pages.tif", "-o", tmp_path / "out",
                         "--weights", weights_dir / "zerodce.safetensors", "--device", "cpu", "-q")
     assert status == 0, err
     assert "clip.gif: holds 3 frames; only the first is enhanced" in err
     assert "pages.tif: holds 2 frames; only the first is enhanced" in err
 
 
-def test_16_bit_grey_alpha_png_stays_16_bit(capsys, tmp_path, weights_dir):
+def test_16_bit_grey_alpha_png_stays_16_bit(cli_main, tmp_path, weights_dir):
     from lowlight_fast import io
 
     rng = np.random.default_rng(4)
@@ -299,7 +289,7 @@ def test_16_bit_grey_alpha_png_stays_16_bit(capsys, tmp_path, weights_dir):
     assert img.bits == 16
     np.testing.assert_array_equal(img.alpha, la[..., 1])
     np.testing.assert_array_equal(np.rint(img.rgb[..., 0] * 65535).astype(np.uint16), la[..., 0])
-    status, err = _main(capsys, "enhance", tmp_path / "la.png", "-o", tmp_path / "out",
+    status, err = cli_main("enhance", tmp_path / "la.png", "-o", tmp_path / "out",
                         "--weights", weights_dir / "zerodce.safetensors", "--device", "cpu", "-q")
     assert status == 0, err
     out = read_png16(tmp_path / "out" / "la.png")

@@ -6,16 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lowlight_fast import cli
 from lowlight_fast import train as T
-
-
-def _main(capsys, *args) -> tuple[int, str]:
-    try:
-        status = cli.main([str(a) for a in args])
-    except SystemExit as exc:  # argparse's usage errors
-        status = exc.code
-    return status, capsys.readouterr().err
 
 
 def _train(data_dir, out, *extra):
@@ -26,15 +17,15 @@ def _train(data_dir, out, *extra):
 @pytest.mark.parametrize("flag,message", [("--lr", "--lr must be a positive finite number"),
                                           ("--grad-clip", "--grad-clip must be a positive finite number")])
 @pytest.mark.parametrize("value", ["inf", "nan"])
-def test_non_finite_learning_rates_and_clips_are_refused(capsys, tmp_path, data_dir, flag, message, value):
+def test_non_finite_learning_rates_and_clips_are_refused(cli_main, tmp_path, data_dir, flag, message, value):
     out = tmp_path / "run"
-    status, err = _main(capsys, *_train(data_dir, out, "--steps", "6", flag, value, "--checkpoint-every", "1"))
+    status, err = cli_main(*_train(data_dir, out, "--steps", "6", flag, value, "--checkpoint-every", "1"))
     assert status == 2 and message in err and "Traceback" not in err
     assert not (out / "checkpoint.pt").exists() and not (out / "zerodce.safetensors").exists()
 
 
 def test_an_update_that_makes_the_weights_non_finite_stops_the_run_and_saves_nothing_of_it(
-        capsys, tmp_path, data_dir, monkeypatch):
+        cli_main, tmp_path, data_dir, monkeypatch):
     """A finite loss and gradient whose update is still too large (what --lr inf did): the run stops at
     that step, the last checkpoint is the last finite one, and no weights file is written."""
     out = tmp_path / "run"
@@ -50,7 +41,7 @@ def test_an_update_that_makes_the_weights_non_finite_stops_the_run_and_saves_not
         return result
 
     monkeypatch.setattr(torch.optim.Adam, "step", exploding_step)
-    status, err = _main(capsys, *_train(data_dir, out, "--steps", "6", "--checkpoint-every", "1"))
+    status, err = cli_main(*_train(data_dir, out, "--steps", "6", "--checkpoint-every", "1"))
     assert status == 2, err
     assert "the weights became non-finite in the update of step 3" in err
     assert "its result was not saved" in err and "the last good checkpoint (step 2) is intact" in err
@@ -93,21 +84,21 @@ def test_a_full_disk_while_checkpointing_is_named_and_keeps_the_old_checkpoint(t
     (["--threads", "0"], "--threads: must be at least 1"),
     (["--device", "gpu"], "--device gpu: expected auto, cpu, cuda or cuda:N"),
 ])
-def test_bad_training_values_are_one_line_and_exit_2(capsys, tmp_path, data_dir, args, message):
-    status, err = _main(capsys, *_train(data_dir, tmp_path / "run", "--steps", "2", *args))
+def test_bad_training_values_are_one_line_and_exit_2(cli_main, tmp_path, data_dir, args, message):
+    status, err = cli_main(*_train(data_dir, tmp_path / "run", "--steps", "2", *args))
     assert status == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
-def test_resume_refuses_settings_that_differ_from_its_checkpoint(capsys, tmp_path, data_dir):
+def test_resume_refuses_settings_that_differ_from_its_checkpoint(cli_main, tmp_path, data_dir):
     out = tmp_path / "run"
-    assert _main(capsys, *_train(data_dir, out, "--steps", "2"))[0] == 0
-    status, err = _main(capsys, *_train(data_dir, out, "--steps", "4", "--resume", "--lr", "0.5",
+    assert cli_main(*_train(data_dir, out, "--steps", "2"))[0] == 0
+    status, err = cli_main(*_train(data_dir, out, "--steps", "4", "--resume", "--lr", "0.5",
                                         "--batch-size", "3"))
     assert status == 2 and "Traceback" not in err
     assert "--lr 0.5 (the checkpoint has 0.0001)" in err and "--batch-size 3 (the checkpoint has 2)" in err
     assert T.load_checkpoint(out / "checkpoint.pt")["step"] == 2
     # the same values as the checkpoint's, and a longer run, are accepted
-    status, err = _main(capsys, *_train(data_dir, out, "--steps", "4", "--resume", "--batch-size", "2"))
+    status, err = cli_main(*_train(data_dir, out, "--steps", "4", "--resume", "--batch-size", "2"))
     assert status == 0, err
     assert T.load_checkpoint(out / "checkpoint.pt")["step"] == 4
