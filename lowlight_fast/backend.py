@@ -9,6 +9,10 @@
   tested against).
 - ``cpp``: the compiled kernels of ``lowlight_fast._C`` (CPU, and CUDA where built).
 - ``triton``: the Triton kernels; on CPU tensors only under ``TRITON_INTERPRET=1`` (how CI tests them).
+
+Also here, as they hold for every op: whether Triton runs interpreted, how Triton launchers wrap their
+kernels (:func:`wrap_triton`), and the accumulator dtype (:func:`acc_dtype`). Nothing here imports
+triton before :func:`triton_available` is called.
 """
 from __future__ import annotations
 
@@ -68,12 +72,37 @@ def triton_available() -> bool:
     return _triton
 
 
+def triton_interpreted() -> bool:
+    """TRITON_INTERPRET=1: Triton kernels run through its interpreter, on CPU tensors (how CI tests them)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def triton_runs_on(device: torch.device) -> bool:
     if not triton_available():
         return False
     if device.type == "cuda":
         return True
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return triton_interpreted()
+
+
+def wrap_triton(kernel):
+    """The kernel as a Triton launcher indexes and calls it, ``wrap_triton(kernel)[grid](...)``.
+
+    On GPUs ``torch.library.wrap_triton(kernel)``: torch.compile then records the launch inside a
+    ``triton_op`` and inductor sees the kernel. Under the interpreter the kernel itself: torch 2.11's
+    wrap_triton rejects interpreted kernels, and the interpreted ops are opaque custom ops that nothing
+    traces into. Named like torch's function because ``triton_op`` finds an op's kernels (for the
+    torch.compile cache key) by looking for calls of that name in its launcher.
+    """
+    if triton_interpreted():
+        return kernel
+    return torch.library.wrap_triton(kernel)
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """What every implementation accumulates ``dtype`` tensors in: float64 for float64, else float32
+    (float16 and bfloat16 included)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def select(op: str, device: torch.device, *, has_triton: bool) -> str:

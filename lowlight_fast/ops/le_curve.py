@@ -7,25 +7,43 @@ smaller (then upsampled bilinearly with align_corners=True inside the kernel, ne
 Both keep nothing for the backward but their inputs: the backward recomputes the 8 states.
 Implementations (``lowlight_fast.backend``): ``cpp`` = ``torch.ops.lowlight_fast.le_curve*`` (C++ CPU
 kernels, csrc/cpu/le_curve.cpp), ``triton`` = ``torch.ops.lowlight_fast.le_curve*_triton`` (defined
-here, kernels in lowlight_fast/ops/triton/le_curve.py; CUDA, or CPU under TRITON_INTERPRET=1),
-``reference`` = lowlight_fast.reference.curve. All are custom ops with fake implementations and
-autograd, so they work under torch.compile(fullgraph=True).
+here on first use, kernels in lowlight_fast/ops/triton/le_curve.py; CUDA, or CPU under
+TRITON_INTERPRET=1), ``reference`` = lowlight_fast.reference.curve. All are custom ops with fake
+implementations and autograd, so they work under torch.compile(fullgraph=True).
 """
 from __future__ import annotations
 
 import torch
 
-from lowlight_fast import _ext, _validate, backend
+from lowlight_fast import _validate, backend
+from lowlight_fast.ops import _registry
 from lowlight_fast.reference import curve as reference
 from lowlight_fast.reference.curve import upsample_map
 
 __all__ = ["le_curve", "le_curve_shared", "upsample_map"]
 
+# ---- constants ----
+
 STEPS = 8
 MAP_CHANNELS = 3 * STEPS
 
 
-# ---- public API ----
+# ---- checks ----
+
+
+def _check(x: torch.Tensor, m: torch.Tensor, name: str, channels: int, *, same_size: bool) -> None:
+    _validate.check_image(x, "x")
+    _validate.check_image(m, name, channels=channels)
+    _validate.check_same_device(x=x, **{name: m})
+    if m.shape[0] != x.shape[0]:
+        raise ValueError(f"{name}: expected batch size {x.shape[0]} like x, got shape {tuple(m.shape)}")
+    if same_size and m.shape[-2:] != x.shape[-2:]:
+        raise ValueError(
+            f"{name}: expected the spatial size of x, {x.shape[-2]}x{x.shape[-1]}, got shape {tuple(m.shape)}"
+        )
+
+
+# ---- public functions ----
 
 
 def le_curve(x: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,6 +59,7 @@ def le_curve(x: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
         return reference.le_curve(x, r)
     if impl == "cpp":
         return torch.ops.lowlight_fast.le_curve(x, r)
+    _registry.use_triton("le_curve")
     return torch.ops.lowlight_fast.le_curve_triton(x, r)
 
 
@@ -57,19 +76,8 @@ def le_curve_shared(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         return reference.le_curve_shared(x, a)
     if impl == "cpp":
         return torch.ops.lowlight_fast.le_curve_shared(x, a)
+    _registry.use_triton("le_curve")
     return torch.ops.lowlight_fast.le_curve_shared_triton(x, a)
-
-
-def _check(x: torch.Tensor, m: torch.Tensor, name: str, channels: int, *, same_size: bool) -> None:
-    _validate.check_image(x, "x")
-    _validate.check_image(m, name, channels=channels)
-    _validate.check_same_device(x=x, **{name: m})
-    if m.shape[0] != x.shape[0]:
-        raise ValueError(f"{name}: expected batch size {x.shape[0]} like x, got shape {tuple(m.shape)}")
-    if same_size and m.shape[-2:] != x.shape[-2:]:
-        raise ValueError(
-            f"{name}: expected the spatial size of x, {x.shape[-2]}x{x.shape[-1]}, got shape {tuple(m.shape)}"
-        )
 
 
 def _promote(x: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,40 +100,7 @@ def _select(x: torch.Tensor) -> str:
     return impl
 
 
-# ---- the Triton implementation as custom ops (kernels imported on first use) ----
-
-
-def _triton():
-    from lowlight_fast.ops.triton import le_curve as kernels
-
-    return kernels
-
-
-@torch.library.custom_op("lowlight_fast::le_curve_triton", mutates_args=())
-def le_curve_triton(x: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return _triton().le_curve(x, r)
-
-
-@torch.library.custom_op("lowlight_fast::le_curve_triton_backward", mutates_args=())
-def le_curve_triton_backward(
-    x: torch.Tensor, r: torch.Tensor, grad_after4: torch.Tensor | None, grad_after8: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return _triton().le_curve_backward(x, r, grad_after4, grad_after8)
-
-
-@torch.library.custom_op("lowlight_fast::le_curve_shared_triton", mutates_args=())
-def le_curve_shared_triton(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    return _triton().le_curve_shared(x, a)
-
-
-@torch.library.custom_op("lowlight_fast::le_curve_shared_triton_backward", mutates_args=())
-def le_curve_shared_triton_backward(
-    x: torch.Tensor, a: torch.Tensor, grad_out: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return _triton().le_curve_shared_backward(x, a, grad_out)
-
-
-# ---- fake (shape) implementations, autograd: the same for the C++ and the Triton ops ----
+# ---- fakes (the C++ and the Triton ops alike) ----
 
 
 def _fake_curve(x, r):
@@ -152,52 +127,71 @@ def _fake_shared_backward(x, a, grad_out):
     )
 
 
-def _setup_context(ctx, inputs, output):
+# ---- autograd ----
+
+
+def _save_inputs(ctx, inputs, output):
     ctx.save_for_backward(*inputs)  # only the inputs: the backward recomputes the states
     ctx.set_materialize_grads(False)
 
 
-def _curve_autograd(backward_op):
+def _curve_backward(backward_op: str):
+    """The backward of ``le_curve`` or ``le_curve_triton``: their backward op, from the saved inputs."""
+
     def backward(ctx, grad_after4, grad_after8):
         if grad_after4 is None and grad_after8 is None:
             return None, None
         x, r = ctx.saved_tensors
-        return backward_op(x, r, grad_after4, grad_after8)
+        return getattr(torch.ops.lowlight_fast, backward_op)(x, r, grad_after4, grad_after8)
 
     return backward
 
 
-def _shared_autograd(backward_op):
+def _shared_backward(backward_op: str):
+    """The backward of ``le_curve_shared`` or ``le_curve_shared_triton``: their backward op."""
+
     def backward(ctx, grad_out):
         if grad_out is None:
             return None, None
         x, a = ctx.saved_tensors
-        return backward_op(x, a, grad_out)
+        return getattr(torch.ops.lowlight_fast, backward_op)(x, a, grad_out)
 
     return backward
 
 
-def _register(ns_name: str, fake, backward, fake_backward, backward_name: str) -> None:
-    torch.library.register_fake(f"lowlight_fast::{ns_name}", fake)
-    torch.library.register_fake(f"lowlight_fast::{backward_name}", fake_backward)
-    torch.library.register_autograd(f"lowlight_fast::{ns_name}", backward, setup_context=_setup_context)
+_registry.register_cpp(
+    "le_curve", fake=_fake_curve, backward=_curve_backward("le_curve_backward"), setup_context=_save_inputs
+)
+_registry.register_cpp("le_curve_backward", fake=_fake_curve_backward)
+_registry.register_cpp(
+    "le_curve_shared",
+    fake=_fake_shared,
+    backward=_shared_backward("le_curve_shared_backward"),
+    setup_context=_save_inputs,
+)
+_registry.register_cpp("le_curve_shared_backward", fake=_fake_shared_backward)
 
 
-_register(
-    "le_curve_triton", _fake_curve, _curve_autograd(torch.ops.lowlight_fast.le_curve_triton_backward),
-    _fake_curve_backward, "le_curve_triton_backward",
-)
-_register(
-    "le_curve_shared_triton", _fake_shared,
-    _shared_autograd(torch.ops.lowlight_fast.le_curve_shared_triton_backward),
-    _fake_shared_backward, "le_curve_shared_triton_backward",
-)
-if _ext.has_op("le_curve"):
-    _register(
-        "le_curve", _fake_curve, _curve_autograd(torch.ops.lowlight_fast.le_curve_backward),
-        _fake_curve_backward, "le_curve_backward",
+# ---- Triton registration ----
+
+
+@_registry.triton_registration("le_curve")
+def _register_triton(kernels):
+    _registry.define_triton("le_curve_triton_backward", kernels.le_curve_backward, fake=_fake_curve_backward)
+    _registry.define_triton(
+        "le_curve_triton",
+        kernels.le_curve,
+        fake=_fake_curve,
+        backward=_curve_backward("le_curve_triton_backward"),
+        setup_context=_save_inputs,
     )
-    _register(
-        "le_curve_shared", _fake_shared, _shared_autograd(torch.ops.lowlight_fast.le_curve_shared_backward),
-        _fake_shared_backward, "le_curve_shared_backward",
+    _registry.define_triton(
+        "le_curve_shared_triton_backward", kernels.le_curve_shared_backward, fake=_fake_shared_backward
+    )
+    _registry.define_triton(
+        "le_curve_shared_triton",
+        kernels.le_curve_shared,
+        fake=_fake_shared,
+        backward=_shared_backward("le_curve_shared_triton_backward"),
+        setup_context=_save_inputs,
     )

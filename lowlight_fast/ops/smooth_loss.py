@@ -23,67 +23,20 @@ import math
 
 import torch
 
-from lowlight_fast import _ext, _validate, backend
+from lowlight_fast import _validate, backend
+from lowlight_fast.ops import _registry
 from lowlight_fast.ops._saved_grad import scale_saved
 from lowlight_fast.reference import sci_losses as reference
 
 __all__ = ["smooth_loss", "YCBCR_MODES"]
 
+# ---- constants ----
+
 YCBCR_MODES = reference.YCBCR_MODES
 _OP = "smooth_loss"
 
 
-def _loss_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
-if _ext.has_op(_OP):
-
-    @torch.library.register_fake("lowlight_fast::smooth_loss")
-    def _smooth_loss_fake(input, output, sigma, faithful):
-        return input.new_empty((), dtype=_loss_dtype(input))
-
-    @torch.library.register_fake("lowlight_fast::smooth_loss_with_grad")
-    def _smooth_loss_with_grad_fake(input, output, sigma, faithful):
-        return (
-            input.new_empty((), dtype=_loss_dtype(input)),
-            input.new_empty(input.shape),
-            output.new_empty(output.shape),
-        )
-
-    @torch.library.register_fake("lowlight_fast::smooth_loss_backward")
-    def _smooth_loss_backward_fake(grad, input, output, sigma, faithful):
-        return input.new_empty(input.shape), output.new_empty(output.shape)
-
-    def _setup_plain(ctx, inputs, output):
-        input, out, sigma, faithful = inputs
-        ctx.save_for_backward(input, out)
-        ctx.sigma, ctx.faithful = sigma, faithful
-
-    def _backward_plain(ctx, grad):
-        input, out = ctx.saved_tensors
-        grad_input, grad_output = torch.ops.lowlight_fast.smooth_loss_backward(
-            grad, input, out, ctx.sigma, ctx.faithful
-        )
-        return grad_input, grad_output, None, None
-
-    torch.library.register_autograd("lowlight_fast::smooth_loss", _backward_plain, setup_context=_setup_plain)
-
-    def _setup_with_grad(ctx, inputs, output):
-        _, grad_input, grad_output = output
-        ctx.mark_non_differentiable(grad_input, grad_output)
-        ctx.set_materialize_grads(False)  # no full-size zero maps for the two gradient outputs
-        ctx.save_for_backward(grad_input, grad_output)
-
-    def _backward_with_grad(ctx, grad, _unused_gi, _unused_go):
-        if grad is None:
-            return None, None, None, None
-        grad_input, grad_output = ctx.saved_tensors
-        return scale_saved(grad, grad_input), scale_saved(grad, grad_output), None, None
-
-    torch.library.register_autograd(
-        "lowlight_fast::smooth_loss_with_grad", _backward_with_grad, setup_context=_setup_with_grad
-    )
+# ---- checks ----
 
 
 def _check(input: torch.Tensor, output: torch.Tensor, sigma: float, ycbcr: str) -> None:
@@ -96,6 +49,9 @@ def _check(input: torch.Tensor, output: torch.Tensor, sigma: float, ycbcr: str) 
         raise ValueError(f"ycbcr: expected one of {', '.join(YCBCR_MODES)}, got {ycbcr!r}")
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (sigma > 0 and math.isfinite(sigma)):
         raise ValueError(f"sigma: expected a positive finite number, got {sigma!r}")
+
+
+# ---- public function ----
 
 
 def smooth_loss(
@@ -116,3 +72,66 @@ def smooth_loss(
     if torch.is_grad_enabled() and (input.requires_grad or output.requires_grad):
         return torch.ops.lowlight_fast.smooth_loss_with_grad(input, output, sigma, faithful)[0]
     return torch.ops.lowlight_fast.smooth_loss(input, output, sigma, faithful)
+
+
+# ---- fakes ----
+
+
+def _fake(input, output, sigma, faithful):
+    return input.new_empty((), dtype=backend.acc_dtype(input.dtype))
+
+
+def _fake_with_grad(input, output, sigma, faithful):
+    return (
+        input.new_empty((), dtype=backend.acc_dtype(input.dtype)),
+        input.new_empty(input.shape),
+        output.new_empty(output.shape),
+    )
+
+
+def _fake_backward(grad, input, output, sigma, faithful):
+    return input.new_empty(input.shape), output.new_empty(output.shape)
+
+
+# ---- autograd ----
+
+
+def _setup_plain(ctx, inputs, output):
+    input, out, sigma, faithful = inputs
+    ctx.save_for_backward(input, out)
+    ctx.sigma, ctx.faithful = sigma, faithful
+
+
+def _backward_plain(ctx, grad):
+    input, out = ctx.saved_tensors
+    grad_input, grad_output = torch.ops.lowlight_fast.smooth_loss_backward(
+        grad, input, out, ctx.sigma, ctx.faithful
+    )
+    return grad_input, grad_output, None, None
+
+
+def _setup_with_grad(ctx, inputs, output):
+    _, grad_input, grad_output = output
+    ctx.mark_non_differentiable(grad_input, grad_output)
+    ctx.set_materialize_grads(False)  # no full-size zero maps for the two gradient outputs
+    ctx.save_for_backward(grad_input, grad_output)
+
+
+def _backward_with_grad(ctx, grad, _unused_gi, _unused_go):
+    if grad is None:
+        return None, None, None, None
+    grad_input, grad_output = ctx.saved_tensors
+    return scale_saved(grad, grad_input), scale_saved(grad, grad_output), None, None
+
+
+_registry.register_cpp(_OP, fake=_fake, backward=_backward_plain, setup_context=_setup_plain)
+_registry.register_cpp(
+    "smooth_loss_with_grad",
+    fake=_fake_with_grad,
+    backward=_backward_with_grad,
+    setup_context=_setup_with_grad,
+)
+_registry.register_cpp("smooth_loss_backward", fake=_fake_backward)
+
+
+# ---- Triton registration: none; on GPUs the CUDA C++ kernels run (csrc/cuda/smooth_loss.cu) ----

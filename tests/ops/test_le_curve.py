@@ -15,6 +15,7 @@ import torch
 
 import lowlight_fast
 from lowlight_fast import _ext
+from lowlight_fast.ops import _registry
 from lowlight_fast.ops import le_curve as ops
 from lowlight_fast.reference import curve as ref
 from tests import parity
@@ -189,6 +190,8 @@ def test_le_curve_shared_low_res_matches_explicit_upsampling(backend, device):
 
 
 def _op_names(backend):
+    if backend == "triton":
+        _registry.use_triton("le_curve")
     s = "" if backend == "cpp" else "_triton"
     return {
         "le_curve": getattr(OPS, f"le_curve{s}"),

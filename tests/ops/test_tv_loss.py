@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from lowlight_fast import _ext, use_backend
+from lowlight_fast.ops import _registry
 from lowlight_fast.ops import tv_loss as tv_op
 from lowlight_fast.reference import zerodce_losses as ref
 from tests import parity
@@ -16,9 +17,8 @@ def _op(backend):
         if not _ext.has_op("tv_loss"):
             pytest.fail("lowlight_fast._C was not built with tv_loss")
         return torch.ops.lowlight_fast.tv_loss, torch.ops.lowlight_fast.tv_loss_backward
-    from lowlight_fast.ops.triton import tv_loss as tt
-
-    return tt.tv_loss_triton, tt.tv_loss_triton_backward
+    _registry.use_triton("tv_loss")
+    return torch.ops.lowlight_fast.tv_loss_triton, torch.ops.lowlight_fast.tv_loss_triton_backward
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from lowlight_fast import _ext, use_backend
+from lowlight_fast.ops import _registry
 from lowlight_fast.ops import zerodce_losses as zl
 from lowlight_fast.reference import zerodce_losses as ref
 from tests import parity
@@ -19,9 +20,9 @@ def _ops(backend):
         if not _ext.has_op("zerodce_pooled"):
             pytest.fail("lowlight_fast._C was not built with zerodce_pooled")
         return torch.ops.lowlight_fast.zerodce_pooled, torch.ops.lowlight_fast.zerodce_pooled_backward
-    from lowlight_fast.ops.triton import zerodce_losses as zt
-
-    return zt.zerodce_pooled_triton, zt.zerodce_pooled_triton_backward
+    _registry.use_triton("zerodce_losses")
+    ops = torch.ops.lowlight_fast
+    return ops.zerodce_pooled_triton, ops.zerodce_pooled_triton_backward
 
 
 def _images(shape, device, dtype=torch.float64):

@@ -10,7 +10,8 @@ Bytes moved per pixel (3 channels, float32):
   le_curve_shared_backward   reads x, a, grad, writes grad_x, grad_a (full resolution): 60 B; a low-
                              resolution map's gradient is then reduced by aten's upsample backward
 
-Launched from the custom ops in lowlight_fast/ops/le_curve.py; on CPU tensors under TRITON_INTERPRET=1.
+The launchers below are the ops lowlight_fast::le_curve*_triton, defined in lowlight_fast/ops/le_curve.py;
+on CPU tensors under TRITON_INTERPRET=1.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import contextlib
 import torch
 import triton
 import triton.language as tl
+
+from lowlight_fast.backend import acc_dtype, wrap_triton
 
 STEPS = 8
 CHANNELS = 3
@@ -193,8 +196,11 @@ def _le_curve_shared_bwd_kernel(
     tl.store(ga_ptr + plane * HW + offs, ga.to(ga_ptr.dtype.element_ty), mask=mask)
 
 
+_COMPUTE = {torch.float32: tl.float32, torch.float64: tl.float64}
+
+
 def _compute_type(t: torch.Tensor):
-    return tl.float64 if t.dtype == torch.float64 else tl.float32
+    return _COMPUTE[acc_dtype(t.dtype)]
 
 
 def _on_device(t: torch.Tensor):
@@ -210,23 +216,25 @@ def le_curve(x: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     x, r = x.contiguous(), r.contiguous()
     out4, out8 = torch.empty_like(x), torch.empty_like(x)
     with _on_device(x):
-        _le_curve_fwd_kernel[_grid(x)](
+        wrap_triton(_le_curve_fwd_kernel)[_grid(x)](
             x, r, out4, out8, x.shape[2] * x.shape[3], BLOCK=BLOCK, COMPUTE=_compute_type(x)
         )
     return out4, out8
 
 
-def le_curve_backward(x, r, grad4, grad8) -> tuple[torch.Tensor, torch.Tensor]:
-    if grad4 is None and grad8 is None:
+def le_curve_backward(
+    x: torch.Tensor, r: torch.Tensor, grad_after4: torch.Tensor | None, grad_after8: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if grad_after4 is None and grad_after8 is None:
         return torch.zeros_like(x), torch.zeros_like(r)
     x, r = x.contiguous(), r.contiguous()
-    g4 = grad4.contiguous() if grad4 is not None else x  # a placeholder pointer, never read
-    g8 = grad8.contiguous() if grad8 is not None else x
+    g4 = grad_after4.contiguous() if grad_after4 is not None else x  # a placeholder pointer, never read
+    g8 = grad_after8.contiguous() if grad_after8 is not None else x
     grad_x, grad_r = torch.empty_like(x), torch.empty_like(r)
     with _on_device(x):
-        _le_curve_bwd_kernel[_grid(x)](
+        wrap_triton(_le_curve_bwd_kernel)[_grid(x)](
             x, r, g4, g8, grad_x, grad_r, x.shape[2] * x.shape[3],
-            HAS4=grad4 is not None, HAS8=grad8 is not None, BLOCK=BLOCK, COMPUTE=_compute_type(x),
+            HAS4=grad_after4 is not None, HAS8=grad_after8 is not None, BLOCK=BLOCK, COMPUTE=_compute_type(x),
         )
     return grad_x, grad_r
 
@@ -242,21 +250,25 @@ def le_curve_shared(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     H, W, h, w, full = _sizes(x, a)
     out = torch.empty_like(x)
     with _on_device(x):
-        _le_curve_shared_fwd_kernel[_grid(x)](
+        wrap_triton(_le_curve_shared_fwd_kernel)[_grid(x)](
             x, a, out, H, W, h, w, FULL=full, BLOCK=BLOCK, COMPUTE=_compute_type(x)
         )
     return out
 
 
-def le_curve_shared_backward(x, a, grad) -> tuple[torch.Tensor, torch.Tensor]:
-    x, a, grad = x.contiguous(), a.contiguous(), grad.contiguous()
+def le_curve_shared_backward(
+    x: torch.Tensor, a: torch.Tensor, grad_out: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    x, a, grad_out = x.contiguous(), a.contiguous(), grad_out.contiguous()
     H, W, h, w, full = _sizes(x, a)
     grad_x = torch.empty_like(x)
-    math_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    grad_a_full = torch.empty_like(x) if full else torch.empty(x.shape, dtype=math_dtype, device=x.device)
+    if full:
+        grad_a_full = torch.empty_like(x)
+    else:  # summed into the low-resolution map's gradient afterwards: kept in the accumulator dtype
+        grad_a_full = torch.empty(x.shape, dtype=acc_dtype(x.dtype), device=x.device)
     with _on_device(x):
-        _le_curve_shared_bwd_kernel[_grid(x)](
-            x, a, grad, grad_x, grad_a_full, H, W, h, w, FULL=full, BLOCK=BLOCK, COMPUTE=_compute_type(x)
+        wrap_triton(_le_curve_shared_bwd_kernel)[_grid(x)](
+            x, a, grad_out, grad_x, grad_a_full, H, W, h, w, FULL=full, BLOCK=BLOCK, COMPUTE=_compute_type(x)
         )
     if full:
         return grad_x, grad_a_full

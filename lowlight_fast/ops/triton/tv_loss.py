@@ -1,5 +1,5 @@
-"""Triton kernels of tv_loss (Zero-DCE L_TV), registered as custom ops with torch.library.triton_op so
-that autograd, opcheck and torch.compile see them. GPU tensors; CPU tensors under TRITON_INTERPRET=1.
+"""Triton kernels of tv_loss (Zero-DCE L_TV) and their launchers; the ops are defined in
+lowlight_fast/ops/tv_loss.py. GPU tensors; CPU tensors under TRITON_INTERPRET=1.
 
 Forward: one program per BLOCK_R image rows sums the squared vertical and horizontal differences of
 those rows (reads A once, 4 bytes/pixel in float32); the per-program partial sums are reduced by torch.
@@ -11,12 +11,12 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
-from lowlight_fast.ops.triton import kernel_op
+from lowlight_fast.backend import acc_dtype, wrap_triton
 
 _BLOCK_R = 8
 _BLOCK_W = 128
+
 
 @triton.jit
 def _tv_forward_kernel(x_ptr, part_ptr, H, W, ROWS, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr):
@@ -69,22 +69,17 @@ def _tv_backward_kernel(k_ptr, x_ptr, out_ptr, H, W, ROWS, BLOCK_R: tl.constexpr
     tl.store(out_ptr + base + cols, g.to(out_ptr.dtype.element_ty), mask=inside)
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _scales(x: torch.Tensor) -> tuple[float, float]:
     batch, _, height, width = x.shape
     return 2.0 / (batch * (height - 1) * width), 2.0 / (batch * height * (width - 1))
 
 
-@kernel_op("lowlight_fast::tv_loss_triton", fake=lambda x: x.new_empty(()))
-def tv_loss_triton(x: torch.Tensor) -> torch.Tensor:
+def tv_loss(x: torch.Tensor) -> torch.Tensor:
     x = x.contiguous()
     _, _, height, width = x.shape
     rows = x.shape[0] * x.shape[1] * height
     programs = triton.cdiv(rows, _BLOCK_R)
-    part = torch.empty((programs, 2), device=x.device, dtype=_acc_dtype(x.dtype))
+    part = torch.empty((programs, 2), device=x.device, dtype=acc_dtype(x.dtype))
     wrap_triton(_tv_forward_kernel)[(programs,)](
         x, part, height, width, rows, BLOCK_R=_BLOCK_R, BLOCK_W=_BLOCK_W
     )
@@ -93,27 +88,14 @@ def tv_loss_triton(x: torch.Tensor) -> torch.Tensor:
     return (sums[0] * sh + sums[1] * sw).to(x.dtype)
 
 
-@kernel_op("lowlight_fast::tv_loss_triton_backward", fake=lambda grad, x: x.new_empty(x.shape))
-def tv_loss_triton_backward(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def tv_loss_backward(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     x = x.contiguous()
     _, _, height, width = x.shape
     rows = x.shape[0] * x.shape[1] * height
     sh, sw = _scales(x)
-    scale = torch.tensor([2.0 * sh, 2.0 * sw], device=x.device, dtype=_acc_dtype(x.dtype))
+    scale = torch.tensor([2.0 * sh, 2.0 * sw], device=x.device, dtype=acc_dtype(x.dtype))
     k = scale * grad.reshape(1).to(scale.dtype)
     out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     grid = (triton.cdiv(rows, _BLOCK_R), triton.cdiv(width, _BLOCK_W))
     wrap_triton(_tv_backward_kernel)[grid](k, x, out, height, width, rows, BLOCK_R=_BLOCK_R, BLOCK_W=_BLOCK_W)
     return out
-
-
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0])
-
-
-def _backward(ctx, grad):
-    (x,) = ctx.saved_tensors
-    return tv_loss_triton_backward(grad, x)
-
-
-tv_loss_triton.register_autograd(_backward, setup_context=_setup_context)

@@ -1,4 +1,5 @@
-"""Triton kernels of zerodce_pooled (see lowlight_fast.ops.zerodce_losses), registered as custom ops.
+"""Triton kernels of zerodce_pooled and their launchers; the ops are defined in
+lowlight_fast/ops/zerodce_losses.py. GPU tensors; CPU tensors under TRITON_INTERPRET=1.
 
 Forward: one program per (image, group of 4 rows, BLOCK_J pooled columns) loads a 4 x 4*BLOCK_J tile of
 each channel of enhanced and low (24 bytes/pixel in float32), writes the 4x4-pooled channel means and
@@ -12,10 +13,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
-from lowlight_fast.ops import zerodce_losses as _ops  # defines the fakes and autograd before importing this
-from lowlight_fast.ops.triton import kernel_op
+from lowlight_fast.backend import acc_dtype, wrap_triton
 
 POOL = 4
 CELL = POOL * POOL * 3
@@ -81,12 +80,7 @@ def _pooled_backward_kernel(
         tl.store(gl_ptr + offs, g_low.to(gl_ptr.dtype.element_ty), mask=inside)
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-@kernel_op("lowlight_fast::zerodce_pooled_triton", fake=_ops.pooled_fake)
-def zerodce_pooled_triton(
+def zerodce_pooled(
     enhanced: torch.Tensor, low: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     enhanced = enhanced.contiguous()
@@ -97,7 +91,7 @@ def zerodce_pooled_triton(
     nj = triton.cdiv(triton.cdiv(width, POOL), _BLOCK_J)
     pooled_enhanced = torch.empty((batch, 1, h4, w4), device=enhanced.device, dtype=enhanced.dtype)
     pooled_low = torch.empty((batch, 1, h4, w4), device=enhanced.device, dtype=enhanced.dtype)
-    part = torch.empty((batch, groups * nj, 3), device=enhanced.device, dtype=_acc_dtype(enhanced.dtype))
+    part = torch.empty((batch, groups * nj, 3), device=enhanced.device, dtype=acc_dtype(enhanced.dtype))
     wrap_triton(_pooled_forward_kernel)[(batch * groups, nj)](
         enhanced, low, pooled_enhanced, pooled_low, part, height, width, h4, w4, groups, nj, BLOCK_J=_BLOCK_J
     )
@@ -105,8 +99,7 @@ def zerodce_pooled_triton(
     return pooled_enhanced, pooled_low, means
 
 
-@kernel_op("lowlight_fast::zerodce_pooled_triton_backward", fake=_ops.pooled_backward_fake)
-def zerodce_pooled_triton_backward(
+def zerodce_pooled_backward(
     grad_pooled_enhanced: torch.Tensor,
     grad_pooled_low: torch.Tensor,
     grad_channel_means: torch.Tensor,
@@ -114,7 +107,7 @@ def zerodce_pooled_triton_backward(
     low_requires_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     batch, _, height, width = enhanced.shape
-    acc = _acc_dtype(enhanced.dtype)
+    acc = acc_dtype(enhanced.dtype)
     g_cell = (grad_pooled_enhanced.to(acc) / CELL).contiguous()
     g_low = (grad_pooled_low.to(acc) / CELL).contiguous()
     g_channel = (grad_channel_means.to(acc) / (height * width)).contiguous()
@@ -128,8 +121,3 @@ def zerodce_pooled_triton_backward(
         LOW=low_requires_grad, BLOCK_R=_BLOCK_R, BLOCK_W=_BLOCK_W,
     )
     return grad_enhanced, grad_low
-
-
-zerodce_pooled_triton.register_autograd(
-    _ops.make_backward(zerodce_pooled_triton_backward), setup_context=_ops.setup_context
-)
