@@ -17,6 +17,7 @@ triton before :func:`triton_available` is called.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 from typing import Iterator
 
@@ -26,7 +27,8 @@ from lowlight_fast import _ext
 
 ENV_VAR = "LOWLIGHT_FAST_BACKEND"
 CHOICES = ("auto", "reference", "cpp", "triton")
-_override: list[str] = []
+# per thread (and per asyncio task): a use_backend block in one thread is not seen by another
+_override: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("lowlight_fast_backend", default=())
 
 
 def _check(name: str) -> str:
@@ -38,19 +40,22 @@ def _check(name: str) -> str:
 
 def requested() -> str:
     """The backend asked for: the innermost :func:`use_backend`, else the environment, else ``auto``."""
-    if _override:
-        return _override[-1]
+    stack = _override.get()
+    if stack:
+        return stack[-1]
     return _check(os.environ.get(ENV_VAR, "auto"))
 
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
-    """Run the enclosed code with the given backend (``auto``, ``reference``, ``cpp`` or ``triton``)."""
-    _override.append(_check(name))
+    """Run the enclosed code with the given backend (``auto``, ``reference``, ``cpp`` or ``triton``).
+
+    The choice holds in the calling thread (and asyncio task) only; other threads keep theirs."""
+    token = _override.set(_override.get() + (_check(name),))
     try:
         yield
     finally:
-        _override.pop()
+        _override.reset(token)
 
 
 def _import_triton() -> bool:

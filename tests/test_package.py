@@ -72,3 +72,29 @@ def test_importing_the_package_does_not_import_torch():
     code = "import sys, lowlight_fast, lowlight_fast.cli; assert 'torch' not in sys.modules; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_use_backend_is_per_thread():
+    import threading
+
+    from lowlight_fast import backend
+
+    inside, entered, release = [], threading.Event(), threading.Event()
+
+    def other():
+        with backend.use_backend("reference"):
+            entered.set()
+            release.wait(10)
+            inside.append(backend.requested())
+        inside.append(backend.requested())
+
+    t = threading.Thread(target=other)
+    with backend.use_backend("cpp"):
+        t.start()
+        entered.wait(10)
+        assert backend.requested() == "cpp"  # the other thread's block is not seen here
+        release.set()
+        t.join(10)
+        assert backend.requested() == "cpp"  # nor did its exit pop ours
+    assert inside == ["reference", backend.requested()]
+    assert backend.requested() == backend._check(__import__("os").environ.get(backend.ENV_VAR, "auto"))
