@@ -46,6 +46,12 @@ def requested() -> str:
     return _check(os.environ.get(ENV_VAR, "auto"))
 
 
+# Traced code reads the choice once, as a constant of the graph (Dynamo cannot trace ContextVar.get).
+# What torch.compiler.assume_constant_result(requested) sets; calling it would import torch._dynamo,
+# and with it triton, at import (tests/ops/test_registry.py checks that the decorator sets this).
+requested._dynamo_marked_constant = True  # type: ignore[attr-defined]
+
+
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
     """Run the enclosed code with the given backend (``auto``, ``reference``, ``cpp`` or ``triton``).

@@ -88,6 +88,8 @@ def _module_level_imports(name: str, path: Path, modules: dict[str, Path]) -> se
                     base = ".".join([package.rsplit(".", node.level - 1)[0], base]).rstrip(".")
                 for alias in node.names:  # a submodule, or a name of the module ``base``
                     targets.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
+            elif isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                visit(node.orelse)  # type checkers' imports never run
             elif isinstance(node, (ast.If, ast.Try)):
                 visit(ast.iter_child_nodes(node))
             elif isinstance(node, ast.ExceptHandler):
