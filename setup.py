@@ -1,8 +1,13 @@
-"""Builds lowlight_fast._C: the C++ CPU kernels always, the CUDA kernels when possible.
+"""Builds the two compiled modules of lowlight_fast.
+
+- ``lowlight_fast._C``: the ops (csrc/ops.cpp, csrc/cpu, and csrc/cuda when possible); its pybind
+  module holds build facts only (``build_info``).
+- ``lowlight_fast._runtime``: process-wide facilities that are not ops (csrc/runtime: the caching CPU
+  allocator behind lowlight_fast.memory); C++ only, small, independent of the kernels.
 
 LOWLIGHT_FAST_CUDA=auto (default): CUDA kernels when torch is a CUDA build and a CUDA toolkit is found.
 LOWLIGHT_FAST_CUDA=1 forces them (error if impossible); LOWLIGHT_FAST_CUDA=0 skips them.
-Build without isolation so the extension is compiled against the torch already installed:
+Build without isolation so the extensions are compiled against the torch already installed:
     pip install --no-build-isolation -e .
 """
 import glob
@@ -48,15 +53,22 @@ def extensions():
     else:
         kwargs["extra_compile_args"] = {"cxx": cxx}
         ext_cls = ce.CppExtension
+    include_dirs = [os.path.join(ROOT, "csrc")]
     return [
         ext_cls(
             "lowlight_fast._C",
             sources,
-            include_dirs=[os.path.join(ROOT, "csrc")],
+            include_dirs=include_dirs,
             define_macros=macros,
             extra_link_args=["-fopenmp"],
             **kwargs,
-        )
+        ),
+        ce.CppExtension(
+            "lowlight_fast._runtime",
+            _sources("csrc/runtime/*.cpp"),
+            include_dirs=include_dirs,
+            extra_compile_args={"cxx": ["-O2"]},
+        ),
     ]
 
 

@@ -16,6 +16,15 @@ def test_build_info_reports_cpu_kernels():
     assert info["version"] == lowlight_fast.__version__
 
 
+def test_C_module_holds_build_facts_only():
+    """Ops are reached through torch.ops.lowlight_fast; the caching allocator is lowlight_fast._runtime."""
+    from lowlight_fast import _ext
+
+    assert _ext.available()
+    assert [name for name in dir(_ext._C) if not name.startswith("_")] == ["build_info"]
+    assert lowlight_fast.build_info()["runtime"] is True
+
+
 def test_backend_switch_rejects_unknown_name(monkeypatch):
     monkeypatch.setenv(backend.ENV_VAR, "fastest")
     with pytest.raises(ValueError, match="LOWLIGHT_FAST_BACKEND"):
