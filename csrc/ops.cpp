@@ -1,10 +1,9 @@
 // Every op's schema, in one place. Kernels are registered per backend in csrc/cpu and csrc/cuda;
-// the Python side (lowlight_fast/ops) adds fake (meta) implementations and autograd.
+// the Python side (lowlight_fast/ops) adds fake (meta) implementations and autograd. The pybind module
+// of _C holds build facts only; process-wide facilities (the caching CPU allocator) are in csrc/runtime.
 #include <torch/extension.h>
 
 #include <string>
-
-#include "cpu/caching_allocator.h"
 
 #ifndef LOWLIGHT_FAST_VERSION
 #define LOWLIGHT_FAST_VERSION "unknown"
@@ -64,20 +63,4 @@ pybind11::dict build_info() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "lowlight_fast compiled kernels; ops live in torch.ops.lowlight_fast";
   m.def("build_info", &build_info, "Which backends this build of lowlight_fast._C contains");
-  // Process settings, not ops: the opt-in caching CPU allocator (lowlight_fast.memory).
-  m.def("cpu_cache_enable", &lowlight_fast::cpu_cache::enable, "Install / turn on the caching CPU allocator");
-  m.def("cpu_cache_disable", &lowlight_fast::cpu_cache::disable, "Turn caching off and free the cached blocks");
-  m.def("cpu_cache_empty", &lowlight_fast::cpu_cache::empty, "Free the cached blocks");
-  m.def("cpu_cache_stats", [] {
-    const auto s = lowlight_fast::cpu_cache::stats();
-    pybind11::dict d;
-    d["enabled"] = s.enabled;
-    d["cached_bytes"] = s.cached_bytes;
-    d["cached_blocks"] = s.cached_blocks;
-    d["live_bytes"] = s.live_bytes;
-    d["hits"] = s.hits;
-    d["misses"] = s.misses;
-    d["limit_bytes"] = s.limit_bytes;
-    return d;
-  }, "The caching CPU allocator's counters");
 }

@@ -1,15 +1,55 @@
 #!/usr/bin/env bash
-# Installs everything into ./.venv on a fresh machine: torch (CPU build 2.13.0 unless a torch is
-# already importable there), the runtime and test dependencies, and lowlight_fast itself with its
-# compiled extension (no build isolation: the extension is built against the torch installed here).
+# Installs everything into ./.venv: torch (CPU build 2.13.0 unless a torch is already importable there),
+# the runtime and test dependencies, and lowlight_fast itself, editable, with its compiled modules (no
+# build isolation: they are built against the torch installed here).
+#
+# Run again, it does only what is missing: the dependencies are installed only when one is absent, and
+# the compiled modules are rebuilt only when their inputs changed (setup.py --inputs-hash: csrc/, setup.py,
+# pyproject.toml, torch, the CUDA settings) or they do not import. LOWLIGHT_FAST_REBUILD=1 forces a rebuild.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT=$PWD
 PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+VPY=$ROOT/.venv/bin/python
+[ -x "$VPY" ] || "$PY" -m venv .venv
+if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
   .venv/bin/pip install -q "torch==${LOWLIGHT_FAST_TORCH:-2.13.0}"
 fi
-.venv/bin/pip install -q setuptools wheel ninja numpy pillow safetensors tqdm \
-  pytest pytest-benchmark expecttest triton
-.venv/bin/pip install -q --no-build-isolation -e ".[test,triton]"
-.venv/bin/python -c "import lowlight_fast, sys; i = lowlight_fast.build_info(); print('lowlight_fast', lowlight_fast.__version__, i); sys.exit(0 if i['cpu'] else 1)"
+
+# Distribution names: the build tools, the dependencies of pyproject.toml and its test/triton extras.
+DEPS=(setuptools wheel ninja numpy pillow safetensors tqdm pytest pytest-benchmark expecttest triton)
+if ! "$VPY" - "${DEPS[@]}" <<'EOF'
+import sys
+from importlib import metadata
+missing = []
+for name in sys.argv[1:]:
+    try:
+        metadata.version(name)
+    except metadata.PackageNotFoundError:
+        missing.append(name)
+sys.exit(1 if missing else 0)
+EOF
+then
+  .venv/bin/pip install -q "${DEPS[@]}"
+fi
+
+# Up to date: the stamp the last in-place build wrote matches the inputs now, and the installed package
+# is this checkout's, with both compiled modules importable (checked from / so that the checkout itself
+# is not on sys.path by accident).
+up_to_date() {
+  [ "${LOWLIGHT_FAST_REBUILD:-0}" != 1 ] || return 1
+  [ -f lowlight_fast/.build-inputs.sha256 ] || return 1
+  [ "$("$VPY" setup.py --inputs-hash)" = "$(cat lowlight_fast/.build-inputs.sha256)" ] || return 1
+  (cd / && LLF_ROOT=$ROOT "$VPY" -c "
+import os, torch, lowlight_fast, lowlight_fast._C, lowlight_fast._runtime  # torch first: it loads libc10
+here = os.path.dirname(lowlight_fast.__file__)
+raise SystemExit(0 if os.path.samefile(here, os.path.join(os.environ['LLF_ROOT'], 'lowlight_fast')) else 1)
+") >/dev/null 2>&1
+}
+
+if up_to_date; then
+  echo "lowlight_fast: compiled modules up to date with the sources (LOWLIGHT_FAST_REBUILD=1 rebuilds)"
+else
+  .venv/bin/pip install -q --no-build-isolation --no-deps -e .
+fi
+"$VPY" -c "import lowlight_fast, sys; i = lowlight_fast.build_info(); print('lowlight_fast', lowlight_fast.__version__, i); sys.exit(0 if i['cpu'] and i['runtime'] else 1)"

@@ -36,8 +36,8 @@ def _faults_per_step(mode: str) -> list[int]:
 
 @pytest.fixture
 def cache():
-    if not _ext.available():
-        pytest.fail("lowlight_fast._C is not built")
+    if not _ext.runtime_available():
+        pytest.fail("lowlight_fast._runtime is not built (scripts/setup.sh builds it)")
     yield
     memory.stop_keeping_freed_memory()
 
@@ -89,6 +89,41 @@ def test_bad_limit_and_env_switch(monkeypatch):
         memory.keep_freed_memory(limit=-1)
     monkeypatch.delenv(memory.ENV, raising=False)
     assert memory.keep_freed_memory_if_asked() is False
+
+
+def test_env_switch_has_one_meaning_whatever_the_default(monkeypatch):
+    """LOWLIGHT_FAST_KEEP_FREED_MEMORY: 0 off and 1 on for every caller; unset, the caller's default."""
+    calls = []
+    monkeypatch.setattr(memory, "keep_freed_memory", lambda *a, **k: calls.append("on") or True)
+    monkeypatch.delenv(memory.ENV, raising=False)
+    assert memory.keep_freed_memory_wanted(True) is True and memory.keep_freed_memory_wanted(False) is False
+    assert memory.keep_freed_memory_by_default(False) is False and calls == []
+    assert memory.keep_freed_memory_by_default(True) is True and calls == ["on"]
+    for off in ("0", "off", " False "):
+        monkeypatch.setenv(memory.ENV, off)
+        assert memory.keep_freed_memory_by_default(True) is False
+        assert memory.keep_freed_memory_if_asked() is False
+    assert calls == ["on"]
+    for on in ("1", "yes", "TRUE"):
+        monkeypatch.setenv(memory.ENV, on)
+        assert memory.keep_freed_memory_by_default(False) is True
+    assert memory.keep_freed_memory_if_asked() is True
+    assert calls == ["on"] * 5
+    monkeypatch.setenv(memory.ENV, "sometimes")
+    with pytest.raises(ValueError, match="LOWLIGHT_FAST_KEEP_FREED_MEMORY='sometimes'"):
+        memory.keep_freed_memory_by_default(True)
+    assert calls == ["on"] * 5
+
+
+def test_allocator_is_its_own_runtime_module(cache):
+    """The caching allocator is lowlight_fast._runtime, apart from the kernels: one allocator per process."""
+    from lowlight_fast import _runtime
+
+    assert memory.available() and _ext.runtime_available() and _ext.build_info()["runtime"] is True
+    assert {"cache_enable", "cache_disable", "cache_empty", "cache_stats"} <= set(dir(_runtime))
+    assert memory.keep_freed_memory(limit=8 * 2**20)
+    assert _runtime.cache_stats() == memory.cached_memory_stats()
+    assert memory.cached_memory_stats()["enabled"] and memory.cached_memory_stats()["limit_bytes"] == 8 * 2**20
 
 
 def test_command_line_keeps_freed_memory_for_heavy_commands(monkeypatch, tmp_path):

@@ -1,7 +1,10 @@
 """The package imports, reports its build, and runs on the reference path when the extension is absent."""
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,11 +12,48 @@ import torch
 import lowlight_fast
 from lowlight_fast import backend
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def test_build_info_reports_cpu_kernels():
     info = lowlight_fast.build_info()
     assert info["cpu"] is True, info
     assert info["version"] == lowlight_fast.__version__
+
+
+def test_C_module_holds_build_facts_only():
+    """Ops are reached through torch.ops.lowlight_fast; the caching allocator is lowlight_fast._runtime."""
+    from lowlight_fast import _ext
+
+    assert _ext.available()
+    assert [name for name in dir(_ext._C) if not name.startswith("_")] == ["build_info"]
+    assert lowlight_fast.build_info()["runtime"] is True
+
+
+def _inputs_hash(root, **env):
+    res = subprocess.run([sys.executable, "setup.py", "--inputs-hash"], cwd=root, capture_output=True, text=True,
+                         timeout=300, env={**os.environ, **env})
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout.strip()
+
+
+def test_inputs_hash_follows_sources_and_build_settings(tmp_path):
+    """scripts/setup.sh skips the build when this hash matches the one the last build stored: it must
+    change with any build input (csrc/**, setup.py, pyproject.toml, the CUDA settings) and only then."""
+    for name in ("setup.py", "pyproject.toml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "csrc", tmp_path / "csrc")
+    env = {"LOWLIGHT_FAST_CUDA": "", "TORCH_CUDA_ARCH_LIST": ""}
+    first = _inputs_hash(tmp_path, **env)
+    assert len(first) == 64 and _inputs_hash(tmp_path, **env) == first
+    assert _inputs_hash(tmp_path, **{**env, "LOWLIGHT_FAST_CUDA": "0"}) != first
+    assert _inputs_hash(tmp_path, **{**env, "TORCH_CUDA_ARCH_LIST": "9.0"}) != first
+    header = tmp_path / "csrc" / "common" / "tv_loss.h"
+    header.write_text(header.read_text() + "\n")
+    edited = _inputs_hash(tmp_path, **env)
+    assert edited != first
+    (tmp_path / "csrc" / "runtime" / "new.cpp").write_text("")
+    assert _inputs_hash(tmp_path, **env) not in (first, edited)
 
 
 def test_backend_switch_rejects_unknown_name(monkeypatch):

@@ -27,25 +27,3 @@ LLF_HD void scales(long long batch, long long height, long long width, T* sh, T*
 
 }  // namespace tv
 }  // namespace lowlight_fast
-
-#if !defined(__CUDACC__) && !defined(__HIPCC__)
-#include <cstdint>
-
-namespace lowlight_fast {
-
-// Sum of f(0..n-1) in 8 independent lanes (the compiler vectorises it without -ffast-math), then a
-// fixed-order combine: deterministic for a given n.
-template <typename acc_t, typename F>
-inline acc_t lane_sum(int64_t n, const F& f) {
-  acc_t lanes[8] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    for (int k = 0; k < 8; ++k) lanes[k] += f(i + k);
-  }
-  acc_t tail = acc_t(0);
-  for (; i < n; ++i) tail += f(i);
-  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7])) + tail;
-}
-
-}  // namespace lowlight_fast
-#endif

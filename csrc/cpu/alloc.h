@@ -1,11 +1,14 @@
 // Outputs of the CPU kernels that are written in one go (gradients, enhanced images).
 //
 // A large CPU tensor is fresh memory from the system (glibc mmaps blocks above 32 MiB and most above
-// 128 KiB), and its first write costs a page fault per 4 KiB page: writing 50 MiB of fresh memory takes
-// 15 ms on our CPU machines, 0.5 ms when the pages are already there. Asking for transparent huge pages
-// on the block before writing it (what PyTorch does for every tensor with THP_MEM_ALLOC_ENABLE=1) turns
-// 512 page faults into one; where the system has THP off, or the block is already mapped (the caching
-// allocator of lowlight_fast.memory), the advice changes nothing.
+// 128 KiB), and its first write costs a page fault per 4 KiB page, far more than writing pages that are
+// already there (see benchmarks/RESULTS.md). Asking for transparent huge pages on the block before
+// writing it (what PyTorch does for every tensor with THP_MEM_ALLOC_ENABLE=1) turns 512 page faults into
+// one; where the system has THP off, or the block is already mapped (the caching allocator of
+// lowlight_fast.memory), the advice changes nothing.
+//
+// This stays with the kernels, not in csrc/runtime: it is how a CPU kernel allocates its own outputs,
+// used by csrc/cpu alone, and holds no process-wide state (the caching allocator, which does, is there).
 #pragma once
 
 #include <ATen/ATen.h>

@@ -21,6 +21,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/checks.h"
 #include "common/le_curve.h"
 #include "cpu/alloc.h"
 #include "cpu/simd.h"
@@ -196,26 +197,20 @@ void for_each_map_run(const at::Tensor& a, int64_t planes, int64_t H, int64_t W,
 
 // ---- argument checks ----
 
-void check_image(const at::Tensor& t, const char* name, int64_t channels) {
-  TORCH_CHECK(t.dim() == 4, "lowlight_fast.le_curve: ", name, " must be 4-D (B, ", channels, ", H, W), got shape ",
-              t.sizes());
-  TORCH_CHECK(t.size(1) == channels, "lowlight_fast.le_curve: ", name, " must have ", channels,
-              " channels, got shape ", t.sizes());
-  TORCH_CHECK(t.numel() > 0, "lowlight_fast.le_curve: ", name, " is empty (shape ", t.sizes(), ")");
-  TORCH_CHECK(t.device().is_cpu(), "lowlight_fast.le_curve: ", name, " must be a CPU tensor here, got ",
-              t.device());
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "lowlight_fast.le_curve: ", name,
-              " must be float16, bfloat16, float32 or float64, got ", t.scalar_type());
+void check_x(const char* op, const at::Tensor& x) {
+  check::image(op, x, "x", kChannels);
+  check::device(op, x, "x", at::kCPU);
 }
 
-void check_like(const at::Tensor& t, const char* name, const at::Tensor& x, int64_t channels, bool same_size) {
-  check_image(t, name, channels);
-  TORCH_CHECK(t.scalar_type() == x.scalar_type(), "lowlight_fast.le_curve: ", name, " has dtype ",
-              t.scalar_type(), " but x has ", x.scalar_type());
-  TORCH_CHECK(t.size(0) == x.size(0), "lowlight_fast.le_curve: ", name, " has batch ", t.size(0), " but x has ",
-              x.size(0));
+// A tensor that goes with x: its dtype and batch, and (same_size) its spatial size too.
+void check_like(const char* op, const at::Tensor& t, const char* name, const at::Tensor& x, int64_t channels,
+                bool same_size) {
+  check::image(op, t, name, channels);
+  check::device(op, t, name, at::kCPU);
+  check::same_dtype(op, t, name, x, "x");
+  TORCH_CHECK(t.size(0) == x.size(0), op, ": ", name, " has batch ", t.size(0), " but x has ", x.size(0));
   if (same_size) {
-    TORCH_CHECK(t.size(2) == x.size(2) && t.size(3) == x.size(3), "lowlight_fast.le_curve: ", name,
+    TORCH_CHECK(t.size(2) == x.size(2) && t.size(3) == x.size(3), op, ": ", name,
                 " must have the spatial size of x, ", x.size(2), "x", x.size(3), ", got shape ", t.sizes());
   }
 }
@@ -223,8 +218,8 @@ void check_like(const at::Tensor& t, const char* name, const at::Tensor& x, int6
 // ---- ops ----
 
 std::tuple<at::Tensor, at::Tensor> le_curve_cpu(const at::Tensor& x_in, const at::Tensor& r_in) {
-  check_image(x_in, "x", kChannels);
-  check_like(r_in, "r", x_in, kSteps * kChannels, true);
+  check_x("le_curve", x_in);
+  check_like("le_curve", r_in, "r", x_in, kSteps * kChannels, true);
   const at::Tensor x = x_in.contiguous(), r = r_in.contiguous();
   at::Tensor out4 = empty_output_like(x), out8 = empty_output_like(x);
   const int64_t HW = x.size(2) * x.size(3);
@@ -254,12 +249,13 @@ std::tuple<at::Tensor, at::Tensor> le_curve_cpu(const at::Tensor& x_in, const at
 std::tuple<at::Tensor, at::Tensor> le_curve_backward_cpu(const at::Tensor& x_in, const at::Tensor& r_in,
                                                          const std::optional<at::Tensor>& grad4_in,
                                                          const std::optional<at::Tensor>& grad8_in) {
-  check_image(x_in, "x", kChannels);
-  check_like(r_in, "r", x_in, kSteps * kChannels, true);
+  const char* op = "le_curve_backward";
+  check_x(op, x_in);
+  check_like(op, r_in, "r", x_in, kSteps * kChannels, true);
   const bool has4 = grad4_in.has_value() && grad4_in->defined();
   const bool has8 = grad8_in.has_value() && grad8_in->defined();
-  if (has4) check_like(*grad4_in, "grad_after4", x_in, kChannels, true);
-  if (has8) check_like(*grad8_in, "grad_after8", x_in, kChannels, true);
+  if (has4) check_like(op, *grad4_in, "grad_after4", x_in, kChannels, true);
+  if (has8) check_like(op, *grad8_in, "grad_after8", x_in, kChannels, true);
   if (!has4 && !has8) return {at::zeros_like(x_in), at::zeros_like(r_in)};
   const at::Tensor x = x_in.contiguous(), r = r_in.contiguous();
   const at::Tensor g4 = has4 ? grad4_in->contiguous() : at::Tensor();
@@ -298,8 +294,8 @@ std::tuple<at::Tensor, at::Tensor> le_curve_backward_cpu(const at::Tensor& x_in,
 }
 
 at::Tensor le_curve_shared_cpu(const at::Tensor& x_in, const at::Tensor& a_in) {
-  check_image(x_in, "x", kChannels);
-  check_like(a_in, "a", x_in, kChannels, false);
+  check_x("le_curve_shared", x_in);
+  check_like("le_curve_shared", a_in, "a", x_in, kChannels, false);
   const at::Tensor x = x_in.contiguous(), a = a_in.contiguous();
   at::Tensor out = empty_output_like(x);
   const int64_t H = x.size(2), W = x.size(3);
@@ -322,9 +318,10 @@ at::Tensor le_curve_shared_cpu(const at::Tensor& x_in, const at::Tensor& a_in) {
 
 std::tuple<at::Tensor, at::Tensor> le_curve_shared_backward_cpu(const at::Tensor& x_in, const at::Tensor& a_in,
                                                                 const at::Tensor& grad_in) {
-  check_image(x_in, "x", kChannels);
-  check_like(a_in, "a", x_in, kChannels, false);
-  check_like(grad_in, "grad_out", x_in, kChannels, true);
+  const char* op = "le_curve_shared_backward";
+  check_x(op, x_in);
+  check_like(op, a_in, "a", x_in, kChannels, false);
+  check_like(op, grad_in, "grad_out", x_in, kChannels, true);
   const at::Tensor x = x_in.contiguous(), a = a_in.contiguous(), g = grad_in.contiguous();
   const int64_t B = x.size(0), H = x.size(2), W = x.size(3);
   const bool full = a.size(2) == H && a.size(3) == W;

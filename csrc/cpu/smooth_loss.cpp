@@ -27,6 +27,7 @@
 #include <tuple>
 #include <vector>
 
+#include "common/checks.h"
 #include "common/smooth_loss.h"
 #include "cpu/alloc.h"
 
@@ -375,20 +376,13 @@ double smooth_loss_kernel(const at::Tensor& in, const at::Tensor& out, double si
   return loss;
 }
 
-void check_args(const at::Tensor& input, const at::Tensor& output, double sigma) {
-  TORCH_CHECK(input.dim() == 4 && input.size(1) == 3, "smooth_loss: input must be (B, 3, H, W), got shape ",
-              input.sizes());
-  TORCH_CHECK(output.sizes() == input.sizes(), "smooth_loss: output must have the shape of input ", input.sizes(),
-              ", got ", output.sizes());
-  TORCH_CHECK(output.scalar_type() == input.scalar_type(), "smooth_loss: input and output must have one dtype, got ",
-              input.scalar_type(), " and ", output.scalar_type());
-  const at::ScalarType st = input.scalar_type();
-  TORCH_CHECK(st == at::kHalf || st == at::kBFloat16 || st == at::kFloat || st == at::kDouble,
-              "smooth_loss: expected a float16, bfloat16, float32 or float64 tensor, got ", st);
-  TORCH_CHECK(input.device().is_cpu() && output.device().is_cpu(), "smooth_loss (CPU kernel): tensors must be on cpu");
-  TORCH_CHECK(input.size(0) >= 1 && input.size(2) > kMaxOffset && input.size(3) > kMaxOffset,
-              "smooth_loss: images must be at least 3x3 pixels with B >= 1, got shape ", input.sizes());
-  TORCH_CHECK(sigma > 0 && std::isfinite(sigma), "smooth_loss: sigma must be a positive number, got ", sigma);
+void check_args(const char* op, const at::Tensor& input, const at::Tensor& output, double sigma) {
+  check::image(op, input, "input", 3, kMaxOffset + 1, kMaxOffset + 1, "the pairs reach 2 pixels away");
+  check::same_shape(op, output, "output", input, "input");
+  check::same_dtype(op, output, "output", input, "input");
+  check::device(op, input, "input", at::kCPU);
+  check::device(op, output, "output", at::kCPU);
+  TORCH_CHECK(sigma > 0 && std::isfinite(sigma), op, ": sigma must be a positive number, got ", sigma);
 }
 
 at::ScalarType compute_type(const at::Tensor& t) {
@@ -396,9 +390,9 @@ at::ScalarType compute_type(const at::Tensor& t) {
 }
 
 // Loss, and (with gradients) d loss / d input and d loss / d output times `scale`.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> run(const at::Tensor& input, const at::Tensor& output, double sigma,
-                                                   bool faithful, bool with_grad, double scale) {
-  check_args(input, output, sigma);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run(const char* op, const at::Tensor& input, const at::Tensor& output,
+                                                   double sigma, bool faithful, bool with_grad, double scale) {
+  check_args(op, input, output, sigma);
   const at::ScalarType ct = compute_type(input);
   const at::Tensor in = input.to(ct).contiguous();
   const at::Tensor out = output.to(ct).contiguous();
@@ -421,19 +415,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run(const at::Tensor& input, cons
 }
 
 at::Tensor smooth_loss_cpu(const at::Tensor& input, const at::Tensor& output, double sigma, bool faithful) {
-  return std::get<0>(run(input, output, sigma, faithful, false, 1.0));
+  return std::get<0>(run("smooth_loss", input, output, sigma, faithful, false, 1.0));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_loss_with_grad_cpu(const at::Tensor& input,
                                                                          const at::Tensor& output, double sigma,
                                                                          bool faithful) {
-  return run(input, output, sigma, faithful, true, 1.0);
+  return run("smooth_loss_with_grad", input, output, sigma, faithful, true, 1.0);
 }
 
 std::tuple<at::Tensor, at::Tensor> smooth_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& input,
                                                             const at::Tensor& output, double sigma, bool faithful) {
-  TORCH_CHECK(grad.numel() == 1, "smooth_loss_backward: grad must be a scalar, got shape ", grad.sizes());
-  auto res = run(input, output, sigma, faithful, true, grad.item<double>());
+  const char* op = "smooth_loss_backward";
+  check::one_value(op, grad, "grad");
+  auto res = run(op, input, output, sigma, faithful, true, grad.item<double>());
   return {std::get<1>(res), std::get<2>(res)};
 }
 

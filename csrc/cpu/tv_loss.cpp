@@ -25,6 +25,7 @@
 #include <immintrin.h>
 #endif
 
+#include "common/checks.h"
 #include "common/tv_loss.h"
 #include "cpu/alloc.h"
 #include "cpu/simd.h"
@@ -37,12 +38,8 @@ constexpr int kLanes = 16;
 // reading their lines before writing them (what a normal store does) is wasted memory traffic.
 constexpr int64_t kStreamBytes = int64_t(16) << 20;
 
-void check_tv_input(const at::Tensor& x, const char* fn) {
-  TORCH_CHECK(x.dim() == 4, fn, ": x must be a 4-D tensor (B, C, H, W), got ", x.dim(), "-D with shape ", x.sizes());
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), fn, ": x must be a floating-point tensor, got ", x.scalar_type());
-  TORCH_CHECK(x.numel() > 0, fn, ": x is empty (shape ", x.sizes(), ")");
-  TORCH_CHECK(x.size(2) >= 2 && x.size(3) >= 2, fn, ": x must be at least 2x2 pixels (L_TV divides by H-1 and W-1), got ",
-              x.size(2), "x", x.size(3));
+void check_tv_input(const at::Tensor& x, const char* op) {
+  check::image(op, x, "x", check::kAnyChannels, 2, 2, "L_TV divides by H-1 and W-1");
 }
 
 int64_t row_grain(int64_t width) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1)); }
@@ -192,8 +189,7 @@ std::tuple<at::Tensor, at::Tensor> tv_loss_with_grad_cpu(const at::Tensor& x_in,
 
 at::Tensor tv_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& x_in) {
   check_tv_input(x_in, "tv_loss_backward");
-  TORCH_CHECK(grad.numel() == 1, "tv_loss_backward: grad must hold one value (the loss is a scalar), got shape ",
-              grad.sizes());
+  check::one_value("tv_loss_backward", grad, "grad");
   const at::Tensor x = x_in.contiguous();
   at::Tensor out = empty_output_like(x);
   tv_pass(x, out, grad.item<double>());

@@ -13,6 +13,7 @@
 #include <tuple>
 #include <vector>
 
+#include "common/checks.h"
 #include "common/zerodce_losses.h"
 #include "cpu/alloc.h"
 #include "cpu/simd.h"
@@ -34,15 +35,8 @@ at::Tensor from_double(const std::vector<double>& v, at::IntArrayRef sizes, cons
   return out;
 }
 
-void check_image(const at::Tensor& t, const char* fn, const char* name) {
-  TORCH_CHECK(t.dim() == 4, fn, ": ", name, " must be a 4-D tensor (B, 3, H, W), got ", t.dim(), "-D with shape ",
-              t.sizes());
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), fn, ": ", name, " must be a floating-point tensor, got ",
-              t.scalar_type());
-  TORCH_CHECK(t.size(1) == kChannels, fn, ": ", name, " must have 3 channels, got shape ", t.sizes());
-  TORCH_CHECK(t.numel() > 0, fn, ": ", name, " is empty (shape ", t.sizes(), ")");
-  TORCH_CHECK(t.size(2) >= kPool && t.size(3) >= kPool, fn, ": ", name,
-              " must be at least 4x4 pixels (AvgPool2d(4)), got ", t.size(2), "x", t.size(3));
+void check_image(const at::Tensor& t, const char* op, const char* name) {
+  check::image(op, t, name, kChannels, kPool, kPool, "AvgPool2d(4)");
 }
 
 void check_pair(const at::Tensor& enhanced, const at::Tensor& low, const char* fn) {
@@ -50,8 +44,7 @@ void check_pair(const at::Tensor& enhanced, const at::Tensor& low, const char* f
   check_image(low, fn, "low");
   TORCH_CHECK(enhanced.sizes() == low.sizes(), fn, ": enhanced and low must have the same shape, got ",
               enhanced.sizes(), " and ", low.sizes());
-  TORCH_CHECK(enhanced.scalar_type() == low.scalar_type(), fn, ": enhanced and low must have the same dtype, got ",
-              enhanced.scalar_type(), " and ", low.scalar_type());
+  check::same_dtype(fn, low, "low", enhanced, "enhanced");
 }
 
 // Sum of v[0..n) in 16 lanes (vectorised) and a fixed-order combine: the same value for any thread count.
@@ -174,9 +167,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> zerodce_pooled_cpu(const at::Tens
 }
 
 void check_grad(const at::Tensor& g, const at::Tensor& like, at::IntArrayRef shape, const char* name) {
-  TORCH_CHECK(g.sizes() == shape, "zerodce_pooled_backward: ", name, " must have shape ", shape, ", got ", g.sizes());
-  TORCH_CHECK(g.scalar_type() == like.scalar_type(), "zerodce_pooled_backward: ", name, " must have dtype ",
-              like.scalar_type(), ", got ", g.scalar_type());
+  const char* op = "zerodce_pooled_backward";
+  check::shape(op, g, name, shape);
+  check::same_dtype(op, g, name, like, "enhanced");
 }
 
 // Expands one row of the pooled-map gradient (times 1/48) to image columns; 0 beyond the pooled region.
@@ -257,13 +250,12 @@ struct PooledMaps {
 
 PooledMaps check_pooled(const at::Tensor& pe, const at::Tensor& pl, const at::Tensor& means, int64_t exp_patch,
                         const char* fn) {
-  TORCH_CHECK(pe.dim() == 4 && pe.size(1) == 1, fn, ": pooled_enhanced must be (B, 1, H/4, W/4), got ", pe.sizes());
-  TORCH_CHECK(pl.sizes() == pe.sizes(), fn, ": pooled_low must have the shape of pooled_enhanced ", pe.sizes(),
-              ", got ", pl.sizes());
+  check::image(fn, pe, "pooled_enhanced", 1);
+  check::same_shape(fn, pl, "pooled_low", pe, "pooled_enhanced");
   TORCH_CHECK(means.dim() == 2 && means.size(0) == pe.size(0) && means.size(1) == kChannels, fn,
               ": channel_means must be (B, 3), got ", means.sizes());
-  TORCH_CHECK(pl.scalar_type() == pe.scalar_type() && means.scalar_type() == pe.scalar_type(), fn,
-              ": the pooled maps and the channel means must have one dtype");
+  check::same_dtype(fn, pl, "pooled_low", pe, "pooled_enhanced");
+  check::same_dtype(fn, means, "channel_means", pe, "pooled_enhanced");
   TORCH_CHECK(exp_patch >= kPool && exp_patch % kPool == 0, fn, ": exp_patch must be a multiple of 4, got ", exp_patch);
   const int64_t p = exp_patch / kPool;
   TORCH_CHECK(pe.size(2) >= p && pe.size(3) >= p, fn, ": the images must be at least ", exp_patch, "x", exp_patch,
@@ -379,8 +371,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> zerodce_pooled_losses_backward_cp
     int64_t exp_patch, double exp_mean) {
   const PooledMaps s =
       check_pooled(pooled_enhanced, pooled_low, channel_means, exp_patch, "zerodce_pooled_losses_backward");
-  TORCH_CHECK(grad_spa.numel() == 1 && grad_col.numel() == 1 && grad_exp.numel() == 1,
-              "zerodce_pooled_losses_backward: the loss gradients must hold one value each");
+  check::one_value("zerodce_pooled_losses_backward", grad_spa, "grad_spa");
+  check::one_value("zerodce_pooled_losses_backward", grad_col, "grad_col");
+  check::one_value("zerodce_pooled_losses_backward", grad_exp, "grad_exp");
   const at::Tensor pe = pooled_enhanced.contiguous(), pl = pooled_low.contiguous(), m = channel_means.contiguous();
   const int64_t p = exp_patch / kPool, Hp = s.H4 / p, Wp = s.W4 / p, cells = s.H4 * s.W4, H4 = s.H4, W4 = s.W4;
   const double k_spa = grad_spa.item<double>() / static_cast<double>(s.B * cells);

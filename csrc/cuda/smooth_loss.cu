@@ -12,6 +12,7 @@
 #include <cmath>
 #include <tuple>
 
+#include "common/checks.h"
 #include "cuda/smooth_loss_kernels.cuh"
 
 namespace lowlight_fast {
@@ -27,28 +28,20 @@ struct CudaLaunch {
   }
 };
 
-void check_args(const at::Tensor& input, const at::Tensor& output, double sigma) {
-  TORCH_CHECK(input.dim() == 4 && input.size(1) == 3, "smooth_loss: input must be (B, 3, H, W), got shape ",
-              input.sizes());
-  TORCH_CHECK(output.sizes() == input.sizes(), "smooth_loss: output must have the shape of input ", input.sizes(),
-              ", got ", output.sizes());
-  TORCH_CHECK(output.scalar_type() == input.scalar_type(), "smooth_loss: input and output must have one dtype, got ",
-              input.scalar_type(), " and ", output.scalar_type());
-  const at::ScalarType st = input.scalar_type();
-  TORCH_CHECK(st == at::kHalf || st == at::kBFloat16 || st == at::kFloat || st == at::kDouble,
-              "smooth_loss: expected a float16, bfloat16, float32 or float64 tensor, got ", st);
-  TORCH_CHECK(input.is_cuda() && output.device() == input.device(),
-              "smooth_loss (CUDA kernel): tensors must be on one CUDA device, got ", input.device(), " and ",
-              output.device());
-  TORCH_CHECK(input.size(0) >= 1 && input.size(2) > kMaxOffset && input.size(3) > kMaxOffset,
-              "smooth_loss: images must be at least 3x3 pixels with B >= 1, got shape ", input.sizes());
-  TORCH_CHECK(sigma > 0 && std::isfinite(sigma), "smooth_loss: sigma must be a positive number, got ", sigma);
+void check_args(const char* op, const at::Tensor& input, const at::Tensor& output, double sigma) {
+  check::image(op, input, "input", 3, kMaxOffset + 1, kMaxOffset + 1, "the pairs reach 2 pixels away");
+  check::same_shape(op, output, "output", input, "input");
+  check::same_dtype(op, output, "output", input, "input");
+  check::device(op, input, "input", at::kCUDA);
+  check::same_device(op, output, "output", input, "input");
+  TORCH_CHECK(sigma > 0 && std::isfinite(sigma), op, ": sigma must be a positive number, got ", sigma);
 }
 
 // Loss and, with gradients, d loss / d input and d loss / d output (times *grad when given).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> run(const at::Tensor& input, const at::Tensor& output, double sigma,
-                                                   bool faithful, bool with_grad, const at::Tensor* grad) {
-  check_args(input, output, sigma);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run(const char* op, const at::Tensor& input, const at::Tensor& output,
+                                                   double sigma, bool faithful, bool with_grad,
+                                                   const at::Tensor* grad) {
+  check_args(op, input, output, sigma);
   const c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor in = input.contiguous();
   const at::Tensor out = output.contiguous();
@@ -66,10 +59,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run(const at::Tensor& input, cons
     gin = at::empty_like(in);
     gout = at::empty_like(in);
   }
-  if (grad != nullptr) {
-    TORCH_CHECK(grad->numel() == 1, "smooth_loss_backward: grad must be a scalar, got shape ", grad->sizes());
-    scale = grad->to(in.device(), acc_type).contiguous();
-  }
+  if (grad != nullptr) scale = grad->to(in.device(), acc_type).contiguous();
   const CudaLaunch launch{c10::cuda::getCurrentCUDAStream()};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "smooth_loss_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
@@ -84,18 +74,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run(const at::Tensor& input, cons
 }
 
 at::Tensor smooth_loss_cuda(const at::Tensor& input, const at::Tensor& output, double sigma, bool faithful) {
-  return std::get<0>(run(input, output, sigma, faithful, false, nullptr));
+  return std::get<0>(run("smooth_loss", input, output, sigma, faithful, false, nullptr));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_loss_with_grad_cuda(const at::Tensor& input,
                                                                           const at::Tensor& output, double sigma,
                                                                           bool faithful) {
-  return run(input, output, sigma, faithful, true, nullptr);
+  return run("smooth_loss_with_grad", input, output, sigma, faithful, true, nullptr);
 }
 
 std::tuple<at::Tensor, at::Tensor> smooth_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& input,
                                                              const at::Tensor& output, double sigma, bool faithful) {
-  auto res = run(input, output, sigma, faithful, true, &grad);
+  const char* op = "smooth_loss_backward";
+  check::one_value(op, grad, "grad");
+  auto res = run(op, input, output, sigma, faithful, true, &grad);
   return {std::get<1>(res), std::get<2>(res)};
 }
 

@@ -1,10 +1,10 @@
-// A caching allocator for PyTorch's CPU tensors (opt-in: lowlight_fast.keep_freed_memory()).
+// A caching allocator for PyTorch's CPU tensors (opt-in: lowlight_fast.memory.keep_freed_memory()).
 //
 // Why: PyTorch takes every CPU tensor from malloc, and glibc serves big blocks with a fresh mmap and
 // unmaps them on free, so every image-sized tensor of every step is new memory whose first touch costs a
-// page fault per 4 KiB page (writing 50 MiB of fresh memory: 15 ms on our CPUs; of reused memory:
-// 0.5 ms). glibc's own knobs (M_MMAP_MAX=0) do not fix it: posix_memalign leaves a small chunk behind
-// each block and the freed block is then too small for the next request of the same size.
+// page fault per 4 KiB page: many times the cost of writing memory that is already mapped (figures in
+// benchmarks/RESULTS.md). glibc's own knobs (M_MMAP_MAX=0) do not fix it: posix_memalign leaves a small
+// chunk behind each block and the freed block is then too small for the next request of the same size.
 //
 // How: blocks of at least kMinBytes are rounded up to a size class (8 per power of two: at most 12.5%
 // more memory) and, when freed, kept in a list for the next request of the same class, as a GPU's
@@ -15,7 +15,10 @@
 // many sizes holds about what it would hold without the cache. The underlying memory comes from the
 // allocator that was installed before (PyTorch's default: alignment, huge pages with
 // THP_MEM_ALLOC_ENABLE=1, memory profiler reporting), through its raw interface.
-#include "cpu/caching_allocator.h"
+//
+// It is a process-wide facility, not an op: it lives in csrc/runtime and is built as its own small
+// extension module, lowlight_fast._runtime (csrc/runtime/module.cpp), apart from the kernels of _C.
+#include "runtime/caching_allocator.h"
 
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>

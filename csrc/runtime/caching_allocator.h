@@ -1,4 +1,5 @@
-// A caching CPU allocator for PyTorch (opt-in, process-wide): see caching_allocator.cpp.
+// A caching CPU allocator for PyTorch (opt-in, process-wide): see caching_allocator.cpp. Used by the
+// lowlight_fast._runtime module only (csrc/runtime/module.cpp); the kernels do not depend on it.
 #pragma once
 
 #include <cstdint>
