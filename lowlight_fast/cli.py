@@ -210,9 +210,16 @@ def cmd_info(args) -> int:
     else:
         print("              no CUDA device visible")
     print(f"backend       {requested()} (LOWLIGHT_FAST_BACKEND)")
+    from lowlight_fast import memory
+
     huge = "off" if os.environ.get("LOWLIGHT_FAST_HUGE_PAGES") == "0" else "on"
-    print(f"CPU memory    caching allocator for enhance/demo/train: "
-          f"{'off' if os.environ.get('LOWLIGHT_FAST_KEEP_FREED_MEMORY') == '0' else 'on'} "
+    try:
+        cache = "on" if memory.keep_freed_memory_wanted(True) else "off"
+    except ValueError as exc:
+        cache = f"invalid ({exc})"
+    if not memory.available():
+        cache = "not built"
+    print(f"CPU memory    caching allocator for enhance/demo/train: {cache} "
           f"(LOWLIGHT_FAST_KEEP_FREED_MEMORY); huge pages for kernel outputs: {huge} "
           f"(LOWLIGHT_FAST_HUGE_PAGES; system THP: {transparent_huge_pages()})")
     weights = [m for m in registry.NAMES if registry.get(m).bundled_weights.is_file()]
@@ -301,11 +308,14 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in ("enhance", "demo", "train", "benchmark") and \
-            os.environ.get("LOWLIGHT_FAST_KEEP_FREED_MEMORY") != "0":
-        from lowlight_fast.memory import keep_freed_memory
+    if args.command in ("enhance", "demo", "train", "benchmark"):
+        from lowlight_fast.memory import keep_freed_memory_by_default
 
-        keep_freed_memory()  # what each setting costs: benchmarks/RESULTS.md
+        try:
+            keep_freed_memory_by_default(True)  # what each setting costs: benchmarks/RESULTS.md
+        except ValueError as exc:
+            _eprint(f"error: {exc}")
+            return 2
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -340,6 +340,7 @@ def enhance_files(files: Sequence[str], outdir: str | os.PathLike,
     ext = output_extension(ext)
     outdir = os.fspath(outdir)
     os.makedirs(outdir, exist_ok=True)
+    _remove_stale_temporaries(outdir)
     limit = io.MAX_PIXELS if max_pixels is None else max_pixels
     written: list[str] = []
     errors: list[str] = []
@@ -400,6 +401,18 @@ def enhance_files(files: Sequence[str], outdir: str | os.PathLike,
             except Exception as exc:  # noqa: BLE001 - report and go on with the batch
                 fail(f"{src}: cannot write {dst}: {_describe_os_error(exc)}")
     return written, errors
+
+
+def _remove_stale_temporaries(folder: str) -> None:
+    """Remove the temporary files (``lowlight_fast.io.temporary_path``) that processes which no longer
+    run left in ``folder`` (killed while writing); those of live processes are theirs."""
+    import re
+
+    for name in os.listdir(folder):
+        m = re.fullmatch(r"\..+\.tmp(\d+)", name)
+        if m and not _alive(int(m.group(1))):
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(folder, name))
 
 
 def _written_since(path: str, since_ns: int) -> bool:

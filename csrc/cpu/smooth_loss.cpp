@@ -406,7 +406,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run(const char* op, const at::Ten
                                                        with_grad ? &gout : nullptr)
                           : smooth_loss_kernel<float>(in, out, sigma, faithful, scale, with_grad ? &gin : nullptr,
                                                       with_grad ? &gout : nullptr);
-  at::Tensor loss_t = at::scalar_tensor(loss, in.options());
+  // made in double and converted: a value beyond float32 becomes inf (scalar_tensor refuses it)
+  at::Tensor loss_t = at::scalar_tensor(loss, in.options().dtype(at::kDouble)).to(in.scalar_type());
   if (with_grad) {
     gin = gin.to(input.scalar_type());
     gout = gout.to(input.scalar_type());

@@ -176,7 +176,8 @@ double tv_pass(const at::Tensor& x, const at::Tensor& grad, double weight) {
 at::Tensor tv_loss_cpu(const at::Tensor& x_in) {
   check_tv_input(x_in, "tv_loss");
   const at::Tensor x = x_in.contiguous();
-  return at::scalar_tensor(tv_pass(x, at::Tensor(), 1.0), x.options());
+  // made in double and converted: a value beyond the dtype becomes inf (scalar_tensor refuses it)
+  return at::scalar_tensor(tv_pass(x, at::Tensor(), 1.0), x.options().dtype(at::kDouble)).to(x.scalar_type());
 }
 
 std::tuple<at::Tensor, at::Tensor> tv_loss_with_grad_cpu(const at::Tensor& x_in, double weight) {
@@ -184,7 +185,7 @@ std::tuple<at::Tensor, at::Tensor> tv_loss_with_grad_cpu(const at::Tensor& x_in,
   const at::Tensor x = x_in.contiguous();
   at::Tensor grad = empty_output_like(x);
   const double loss = tv_pass(x, grad, weight);
-  return {at::scalar_tensor(loss, x.options()), grad};
+  return {at::scalar_tensor(loss, x.options().dtype(at::kDouble)).to(x.scalar_type()), grad};
 }
 
 at::Tensor tv_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& x_in) {

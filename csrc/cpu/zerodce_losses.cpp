@@ -359,10 +359,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> zerodce_pooled_losses_cpu(const a
     exp += terms[b * 3 + 1];
     col += terms[b * 3 + 2];
   }
-  const auto opts = pooled_enhanced.options();
-  return {at::scalar_tensor(spa / static_cast<double>(s.B * cells), opts),
-          at::scalar_tensor(col / static_cast<double>(s.B), opts),
-          at::scalar_tensor(exp / static_cast<double>(s.B * Hp * Wp), opts)};
+  // made in double and converted, so that a sum beyond the dtype's range becomes inf as in eager
+  // arithmetic (at::scalar_tensor refuses a double that overflows the target dtype)
+  const auto as_result = [&](double v) {
+    return at::scalar_tensor(v, pooled_enhanced.options().dtype(at::kDouble)).to(pooled_enhanced.scalar_type());
+  };
+  return {as_result(spa / static_cast<double>(s.B * cells)), as_result(col / static_cast<double>(s.B)),
+          as_result(exp / static_cast<double>(s.B * Hp * Wp))};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> zerodce_pooled_losses_backward_cpu(

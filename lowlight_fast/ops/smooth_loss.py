@@ -16,6 +16,10 @@ Three ops in ``torch.ops.lowlight_fast``:
 All are deterministic: no atomics, partial sums combined in a fixed order. The loss is float32
 (float64 for float64 arguments), like the original, which converts to float32; gradients have the
 arguments' dtype.
+
+One deliberate difference: the C++ kernel's faithful colour conversion is a branch-free 5-tap filter
+over the flat memory, some of whose taps are 0, so an infinite value in ``input`` gives NaN where the
+reference (which skips those taps) can give a finite loss. NaN in, NaN out, as in the reference.
 """
 from __future__ import annotations
 

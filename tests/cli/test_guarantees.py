@@ -295,3 +295,21 @@ def test_16_bit_grey_alpha_png_stays_16_bit(cli_main, tmp_path, weights_dir):
     out = read_png16(tmp_path / "out" / "la.png")
     assert out.dtype == np.uint16 and out.shape == (12, 14, 4)
     np.testing.assert_array_equal(out[..., 3], la[..., 1])
+
+
+def test_temporaries_of_dead_processes_are_removed_from_the_output_folder(tmp_path, folder):
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / f".a.png.tmp{dead.pid}").write_bytes(b"left by kill -9")
+    (out / f".b.png.tmp{os.getpid()}x").write_bytes(b"not one of ours: kept")
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / f".c.png.tmp{live.pid}").write_bytes(b"being written")
+        written, errors = enhance_files([str(folder / "a.png")], out, lambda x: x)
+    finally:
+        live.kill()
+        live.wait()
+    assert errors == []
+    assert sorted(p.name for p in out.iterdir()) == [f".b.png.tmp{os.getpid()}x", f".c.png.tmp{live.pid}", "a.png"]

@@ -17,7 +17,7 @@ import lowlight_fast  # noqa: E402
 from lowlight_fast import io  # noqa: E402
 from lowlight_fast.enhance import Enhancer  # noqa: E402
 
-FUZZ = settings(max_examples=25, deadline=None, derandomize=True,
+FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "I;16", "I", "F")
 FORMATS = {"png": ("1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I"), "tif": ("1", "L", "LA", "P", "RGB", "RGBA",

@@ -32,7 +32,7 @@ from lowlight_fast.reference import zerodce_losses as zerodce_ref  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not _ext.available(), reason="needs the compiled extension (scripts/setup.sh)")
 
-FUZZ = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+FUZZ = settings(max_examples=80, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 TOL = {torch.float64: (1e-9, 1e-9), torch.float32: (1e-4, 1e-5), torch.bfloat16: (2e-2, 1e-2),
        torch.float16: (3e-3, 2e-3)}
 LAYOUTS = ("contiguous", "channels_last", "transposed", "strided")
@@ -132,6 +132,8 @@ def test_smooth_loss_fuzz(data):
     a = data.draw(images(min_size=3, dtype=data.draw(st.sampled_from([torch.float32, torch.float64]))))
     b = data.draw(images(shape=tuple(a.shape), dtype=a.dtype))
     ycbcr = data.draw(st.sampled_from(smooth_ops.YCBCR_MODES))
+    if ycbcr == "faithful":  # an infinite input meets zero filter taps there: NaN (ops/smooth_loss.py)
+        a = torch.where(torch.isinf(a), torch.full_like(a, 1e30), a)
     got, want = _both(lambda i, o: smooth_ops.smooth_loss(i, o, 10.0, ycbcr),
                       lambda i, o: sci_ref.smooth_loss(i, o, sigma=10.0, ycbcr=ycbcr), a, b)
     _assert_close_where_defined(got, want)
