@@ -8,7 +8,7 @@ What runs, each as a fresh process (start-up included), on the same real-size im
 1. ``original-style, subnormal weights``: a plain eager script written the way the authors' test
    script works (PIL read, /255, the seven convs, all 8 curve steps with the three outputs, rounding
    save), fed weights holding subnormal values as the released checkpoint does (19,266 of them,
-   5,540 in e_conv5; REFERENCE.md). Slow: run on ``--subnormal-images`` images only.
+   5,540 in e_conv5). Slow: run on ``--subnormal-images`` images only.
 2. ``original-style, flushed weights``: the same script, the same weights with subnormals set to 0.
 3. ``lowlight-fast enhance``: the command line, given the subnormal weights file (it flushes them).
 4. ``seven convolutions alone``: in one warm process, only the 7 ``conv2d`` calls on every image
@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 ORIGINAL_STYLE = textwrap.dedent('''
-    """Zero-DCE inference the way the original test script does it (our own code; formulas from REFERENCE.md)."""
+    """Zero-DCE inference the way the original test script does it (our own code, written from the papers' formulas)."""
     import glob, os, sys, time
     import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
     from PIL import Image

@@ -313,3 +313,20 @@ def test_temporaries_of_dead_processes_are_removed_from_the_output_folder(tmp_pa
         live.wait()
     assert errors == []
     assert sorted(p.name for p in out.iterdir()) == [f".b.png.tmp{os.getpid()}x", f".c.png.tmp{live.pid}", "a.png"]
+
+
+def test_an_image_that_does_not_fit_in_memory_while_decoding_is_named(tmp_path, folder, monkeypatch):
+    from lowlight_fast import io
+
+    real = io._to_arrays
+
+    def out_of_memory(im, low):
+        if im.size == (24, 20) and not hasattr(out_of_memory, "done"):
+            out_of_memory.done = True
+            raise MemoryError
+        return real(im, low)
+
+    monkeypatch.setattr(io, "_to_arrays", out_of_memory)
+    written, errors = enhance_files([str(folder / "a.png"), str(folder / "b.png")], tmp_path / "out", lambda x: x)
+    assert len(errors) == 1 and "a.png" in errors[0] and "not enough memory to decode it" in errors[0]
+    assert [os.path.basename(p) for p in written] == ["b.png"]

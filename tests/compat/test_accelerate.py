@@ -1,5 +1,5 @@
 """accelerate() on stand-ins for the authors' classes (same class names, attribute names and forward
-semantics, written here from REFERENCE.md): same outputs, the fused ops do the work, weights untouched."""
+semantics, written here from the papers' formulas): same outputs, the fused ops do the work, weights untouched."""
 import pytest
 import torch
 import torch.nn.functional as F

@@ -102,3 +102,16 @@ def test_resume_refuses_settings_that_differ_from_its_checkpoint(cli_main, tmp_p
     status, err = cli_main(*_train(data_dir, out, "--steps", "4", "--resume", "--batch-size", "2"))
     assert status == 0, err
     assert T.load_checkpoint(out / "checkpoint.pt")["step"] == 4
+
+
+def test_a_full_disk_while_writing_the_final_weights_is_one_line(cli_main, tmp_path, data_dir, monkeypatch):
+    import lowlight_fast.models as models
+
+    def full(model, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(models, "save_weights", full)
+    status, err = cli_main(*_train(data_dir, tmp_path / "run", "--steps", "1"))
+    assert status == 2 and "Traceback" not in err
+    assert "cannot write the weights" in err and "no space left on the device" in err
+    assert T.load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 1  # the checkpoint is there
