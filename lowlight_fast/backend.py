@@ -110,6 +110,12 @@ def wrap_triton(kernel):
     return torch.library.wrap_triton(kernel)
 
 
+def on_device(t: torch.Tensor):
+    """A context that makes ``t``'s GPU the current one for a kernel launch (Triton launches on the
+    current device, which on a multi-GPU machine need not be the tensor's); nothing for CPU tensors."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """What every implementation accumulates ``dtype`` tensors in: float64 for float64, else float32
     (float16 and bfloat16 included)."""

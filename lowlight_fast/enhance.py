@@ -30,7 +30,6 @@ from lowlight_fast import _validate
 from lowlight_fast.device import pick_device
 from lowlight_fast.models import registry
 from lowlight_fast.models._common import EnhancementModel
-from lowlight_fast.models.registry import ModelSpec
 from lowlight_fast.tiling import MARGIN, enhance_tiled, is_out_of_memory
 
 __all__ = ["MIN_TILE", "Enhancer", "Inputs", "OutputClaims", "collect_inputs", "enhance_files",

@@ -17,7 +17,6 @@ from PIL import Image
 
 from lowlight_fast.enhance import Enhancer, OutputClaims, enhance_files
 from tests.cli._png import read_png16, write_png16
-from tests.cli.conftest import run_cli
 
 
 def _dark(rng, *shape) -> np.ndarray:
@@ -152,7 +151,6 @@ def test_an_output_written_by_another_process_during_the_run_is_not_replaced(tmp
 def test_two_concurrent_runs_never_lose_or_mix_results(tmp_path, weights_dir):
     """Inputs of the same names from two folders into one output folder, two processes at once: every
     attempt is either written or reported, no output mixes the two, no traceback."""
-    rng = np.random.default_rng(9)
     dirs = []
     for k in range(2):
         d = tmp_path / f"in{k}"

@@ -15,13 +15,11 @@ on CPU tensors under TRITON_INTERPRET=1.
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
 
-from lowlight_fast.backend import acc_dtype, wrap_triton
+from lowlight_fast.backend import acc_dtype, on_device, wrap_triton
 
 STEPS = 8
 CHANNELS = 3
@@ -203,9 +201,6 @@ def _compute_type(t: torch.Tensor):
     return _COMPUTE[acc_dtype(t.dtype)]
 
 
-def _on_device(t: torch.Tensor):
-    """Launch on the tensor's GPU (Triton launches on the current device)."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def _grid(x: torch.Tensor):
@@ -215,7 +210,7 @@ def _grid(x: torch.Tensor):
 def le_curve(x: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x, r = x.contiguous(), r.contiguous()
     out4, out8 = torch.empty_like(x), torch.empty_like(x)
-    with _on_device(x):
+    with on_device(x):
         wrap_triton(_le_curve_fwd_kernel)[_grid(x)](
             x, r, out4, out8, x.shape[2] * x.shape[3], BLOCK=BLOCK, COMPUTE=_compute_type(x)
         )
@@ -231,7 +226,7 @@ def le_curve_backward(
     g4 = grad_after4.contiguous() if grad_after4 is not None else x  # a placeholder pointer, never read
     g8 = grad_after8.contiguous() if grad_after8 is not None else x
     grad_x, grad_r = torch.empty_like(x), torch.empty_like(r)
-    with _on_device(x):
+    with on_device(x):
         wrap_triton(_le_curve_bwd_kernel)[_grid(x)](
             x, r, g4, g8, grad_x, grad_r, x.shape[2] * x.shape[3],
             HAS4=grad_after4 is not None, HAS8=grad_after8 is not None, BLOCK=BLOCK, COMPUTE=_compute_type(x),
@@ -249,7 +244,7 @@ def le_curve_shared(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     x, a = x.contiguous(), a.contiguous()
     H, W, h, w, full = _sizes(x, a)
     out = torch.empty_like(x)
-    with _on_device(x):
+    with on_device(x):
         wrap_triton(_le_curve_shared_fwd_kernel)[_grid(x)](
             x, a, out, H, W, h, w, FULL=full, BLOCK=BLOCK, COMPUTE=_compute_type(x)
         )
@@ -266,7 +261,7 @@ def le_curve_shared_backward(
         grad_a_full = torch.empty_like(x)
     else:  # summed into the low-resolution map's gradient afterwards: kept in the accumulator dtype
         grad_a_full = torch.empty(x.shape, dtype=acc_dtype(x.dtype), device=x.device)
-    with _on_device(x):
+    with on_device(x):
         wrap_triton(_le_curve_shared_bwd_kernel)[_grid(x)](
             x, a, grad_out, grad_x, grad_a_full, H, W, h, w, FULL=full, BLOCK=BLOCK, COMPUTE=_compute_type(x)
         )

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lowlight_fast.backend import acc_dtype, wrap_triton
+from lowlight_fast.backend import acc_dtype, on_device, wrap_triton
 
 _BLOCK_R = 8
 _BLOCK_W = 128
@@ -80,9 +80,10 @@ def tv_loss(x: torch.Tensor) -> torch.Tensor:
     rows = x.shape[0] * x.shape[1] * height
     programs = triton.cdiv(rows, _BLOCK_R)
     part = torch.empty((programs, 2), device=x.device, dtype=acc_dtype(x.dtype))
-    wrap_triton(_tv_forward_kernel)[(programs,)](
-        x, part, height, width, rows, BLOCK_R=_BLOCK_R, BLOCK_W=_BLOCK_W
-    )
+    with on_device(x):
+        wrap_triton(_tv_forward_kernel)[(programs,)](
+            x, part, height, width, rows, BLOCK_R=_BLOCK_R, BLOCK_W=_BLOCK_W
+        )
     sh, sw = _scales(x)
     sums = part.sum(dim=0)
     return (sums[0] * sh + sums[1] * sw).to(x.dtype)
@@ -97,5 +98,6 @@ def tv_loss_backward(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     k = scale * grad.reshape(1).to(scale.dtype)
     out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     grid = (triton.cdiv(rows, _BLOCK_R), triton.cdiv(width, _BLOCK_W))
-    wrap_triton(_tv_backward_kernel)[grid](k, x, out, height, width, rows, BLOCK_R=_BLOCK_R, BLOCK_W=_BLOCK_W)
+    with on_device(x):
+        wrap_triton(_tv_backward_kernel)[grid](k, x, out, height, width, rows, BLOCK_R=_BLOCK_R, BLOCK_W=_BLOCK_W)
     return out

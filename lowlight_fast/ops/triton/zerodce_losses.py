@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lowlight_fast.backend import acc_dtype, wrap_triton
+from lowlight_fast.backend import acc_dtype, on_device, wrap_triton
 
 POOL = 4
 CELL = POOL * POOL * 3
@@ -92,9 +92,10 @@ def zerodce_pooled(
     pooled_enhanced = torch.empty((batch, 1, h4, w4), device=enhanced.device, dtype=enhanced.dtype)
     pooled_low = torch.empty((batch, 1, h4, w4), device=enhanced.device, dtype=enhanced.dtype)
     part = torch.empty((batch, groups * nj, 3), device=enhanced.device, dtype=acc_dtype(enhanced.dtype))
-    wrap_triton(_pooled_forward_kernel)[(batch * groups, nj)](
-        enhanced, low, pooled_enhanced, pooled_low, part, height, width, h4, w4, groups, nj, BLOCK_J=_BLOCK_J
-    )
+    with on_device(enhanced):
+        wrap_triton(_pooled_forward_kernel)[(batch * groups, nj)](
+            enhanced, low, pooled_enhanced, pooled_low, part, height, width, h4, w4, groups, nj, BLOCK_J=_BLOCK_J
+        )
     means = (part.sum(dim=1) / (height * width)).to(enhanced.dtype)
     return pooled_enhanced, pooled_low, means
 
@@ -116,8 +117,9 @@ def zerodce_pooled_backward(
     grad_low = torch.empty(shape if low_requires_grad else (0,), device=enhanced.device, dtype=enhanced.dtype)
     rows = batch * 3 * height
     grid = (triton.cdiv(rows, _BLOCK_R), triton.cdiv(width, _BLOCK_W))
-    wrap_triton(_pooled_backward_kernel)[grid](
-        g_cell, g_low, g_channel, grad_enhanced, grad_low, height, width, height // POOL, width // POOL, rows,
-        LOW=low_requires_grad, BLOCK_R=_BLOCK_R, BLOCK_W=_BLOCK_W,
-    )
+    with on_device(enhanced):
+        wrap_triton(_pooled_backward_kernel)[grid](
+            g_cell, g_low, g_channel, grad_enhanced, grad_low, height, width, height // POOL, width // POOL, rows,
+            LOW=low_requires_grad, BLOCK_R=_BLOCK_R, BLOCK_W=_BLOCK_W,
+        )
     return grad_enhanced, grad_low
