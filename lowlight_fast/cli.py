@@ -121,7 +121,7 @@ def cmd_enhance(args) -> int:
     t0 = time.perf_counter()
     written, errors = _enhance_with_progress(inputs.files, args.output, enhancer, not args.quiet, "enhance",
                                              ext=ext, quality=args.quality, png_compression=args.png_compression,
-                                             max_pixels=args.max_pixels)
+                                             max_pixels=args.max_pixels, io_threads=args.io_threads)
     dt = time.perf_counter() - t0
     failed = len(errors) + len(inputs.errors)
     if not args.quiet:
@@ -234,6 +234,7 @@ def _add_device(p) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lowlight_fast.enhance import IO_THREADS
     from lowlight_fast.models import registry
     from lowlight_fast.train import add_train_arguments
 
@@ -266,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
         "process in N x N tiles (16 px overlap, same pixels as untiled); default: only when the image "
         "does not fit in memory"))
     p.add_argument("--threads", type=int_at_least(1), default=None, help="CPU threads (default: torch's default)")
+    p.add_argument("--io-threads", type=int_at_least(0), default=IO_THREADS, metavar="N", help=(
+        f"N threads decode the next images and N encode the previous results while the model runs "
+        f"(default {IO_THREADS}); 0: read, enhance and write one file after the other"))
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=cmd_enhance)
 
