@@ -315,7 +315,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-IO_THREADS = 2  # decoding threads and encoding threads of enhance_files (the CLI's --io-threads)
+IO_THREADS = 1  # decoding threads and encoding threads of enhance_files (the CLI's --io-threads)
 
 
 @dataclass

@@ -24,6 +24,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 __all__ = ["BATCH", "VIDEO_EXTENSIONS", "TemporalSmoothing", "VideoError", "VideoOptions", "enhance_video",
@@ -251,17 +252,20 @@ def _batch_size(enhancer, requested: int, h: int, w: int) -> int:
     return max(1, min(requested, int(fits)))
 
 
-def _to_tensor(frames: list[torch.Tensor]) -> torch.Tensor:
-    """H x W x 3 uint8 frames -> (B, 3, H, W) float32 in [0, 1]."""
-    x = torch.stack(frames).permute(0, 3, 1, 2).float().div_(255.0)
-    return x.contiguous()
+# The conversions run in the decoding and encoding threads with numpy (one core each), not with torch,
+# whose intra-op threads would compete with the model's.
+def _to_tensor(frames: list[np.ndarray]) -> torch.Tensor:
+    """H x W x 3 uint8 frames -> (B, 3, H, W) float32 in [0, 1] (x / 255, as images are read)."""
+    x = np.divide(np.stack(frames).transpose(0, 3, 1, 2), np.float32(255.0), dtype=np.float32)
+    return torch.from_numpy(x)
 
 
-def _to_uint8(y: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) in [0, 1] -> B x H x W x 3 uint8, rounded as lowlight_fast.io.quantize does
-    (floor(x * 255 + 0.5) in float32, clamped), so a frame is the pixels an image would get."""
-    q = torch.clamp(y.float(), 0.0, 1.0).mul_(255.0).add_(0.5).floor_().to(torch.uint8)
-    return q.permute(0, 2, 3, 1).contiguous()
+def _to_uint8(y: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [0, 1] -> B x H x W x 3 uint8, rounded by lowlight_fast.io.quantize, so a frame
+    gets the pixels an image would."""
+    from lowlight_fast import io
+
+    return io.quantize(y, 8).transpose(0, 2, 3, 1)
 
 
 def _choose_codec(av, options: VideoOptions, src_stream, output) -> str:
@@ -393,7 +397,7 @@ def _transcode(av, inp, vin, ain, out, model, enhancer, options: VideoOptions, s
 
     def decode() -> None:  # thread: demux, decode, convert; audio packets pass along in order
         try:
-            frames: list[torch.Tensor] = []
+            frames: list[np.ndarray] = []
             stamps: list[tuple[int | None, Fraction | None]] = []
             streams = [vin] + ain
             for packet in inp.demux(streams):
@@ -402,7 +406,7 @@ def _transcode(av, inp, vin, ain, out, model, enhancer, options: VideoOptions, s
                         pipe.put(decoded, ("audio", packet))
                     continue
                 for f in packet.decode():
-                    frames.append(torch.from_numpy(f.to_ndarray(format="rgb24")))
+                    frames.append(f.to_ndarray(format="rgb24"))
                     stamps.append((f.pts, f.time_base))
                     if len(frames) == batch:
                         pipe.put(decoded, ("video", _to_tensor(frames), stamps))
@@ -431,8 +435,8 @@ def _transcode(av, inp, vin, ain, out, model, enhancer, options: VideoOptions, s
                     out.mux(packet)
                     continue
                 _, y, stamps = item
-                for frame_rgb, (pts, tb) in zip(_to_uint8(y).numpy(), stamps):
-                    vf = av.VideoFrame.from_ndarray(frame_rgb, format="rgb24")
+                for frame_rgb, (pts, tb) in zip(_to_uint8(y), stamps):
+                    vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_rgb), format="rgb24")
                     vf.pts, vf.time_base = pts, tb
                     out.mux(vout.encode(vf))
                     written[0] += 1
