@@ -41,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"frames per model call (default {BATCH}; fewer when they would not fit in memory)")
     g.add_argument("--temporal-smoothing", type=_float_in(0, 1, True), default=0.0, metavar="A", help=(
         "average the curve maps over frames, m_t = A m_(t-1) + (1 - A) c_t (0 <= A < 1; default 0: off; "
-        "SCI: its estimator's term); on static noisy scenes it does not reduce flicker (benchmarks/RESULTS.md)"))
+        "SCI: its estimator's term); on static noisy scenes it does not reduce flicker "
+        "(benchmarks/RESULTS.md)"))
 
 
 def options_from(args):
