@@ -111,6 +111,15 @@ def cmd_enhance(args) -> int:
     inputs = collect_inputs(args.inputs)
     for e in inputs.errors:
         _eprint(f"error: {e}")
+    from lowlight_fast import video_command
+    from lowlight_fast.video import is_video
+
+    videos = [f for f in inputs.files if is_video(f)]
+    try:
+        video_options = video_command.options_from(args) if videos else None
+    except ValueError as exc:
+        _eprint(f"error: {exc}")
+        return 2
     _setup_threads(args.threads)
     try:
         enhancer = Enhancer(args.model, args.weights, args.device, scale_factor=args.scale_factor or None,
@@ -119,15 +128,26 @@ def cmd_enhance(args) -> int:
         _eprint(f"error: {exc}")
         return 2
     t0 = time.perf_counter()
-    written, errors = _enhance_with_progress(inputs.files, args.output, enhancer, not args.quiet, "enhance",
-                                             ext=ext, quality=args.quality, png_compression=args.png_compression,
-                                             max_pixels=args.max_pixels)
+    images = [f for f in inputs.files if not is_video(f)]
+    written, errors = _enhance_with_progress(images, args.output, enhancer, not args.quiet and bool(images),
+                                             "enhance", ext=ext, quality=args.quality,
+                                             png_compression=args.png_compression, max_pixels=args.max_pixels,
+                                             io_threads=args.io_threads) if images or not videos else ([], [])
     dt = time.perf_counter() - t0
+    if videos:
+        t1 = time.perf_counter()
+        clips, video_errors, frames = video_command.run(videos, args.output, enhancer, video_options,
+                                                        not args.quiet)
+        errors += video_errors
+        dt_video = time.perf_counter() - t1
     failed = len(errors) + len(inputs.errors)
     if not args.quiet:
         rate = f", {len(written) / dt:.2f} images/s" if written and dt > 0 else ""
-        _eprint(f"wrote {len(written)} image(s) to {args.output}{rate}"
-                + (f"; {failed} input(s) failed (see the errors above)" if failed else ""))
+        parts = [f"wrote {len(written)} image(s) to {args.output}{rate}"] if images or not videos else []
+        if videos:
+            rate = f", {frames / dt_video:.1f} frames/s" if frames and dt_video > 0 else ""
+            parts.append(f"wrote {len(clips)} video(s) ({frames} frames) to {args.output}{rate}")
+        _eprint("; ".join(parts) + (f"; {failed} input(s) failed (see the errors above)" if failed else ""))
     return 1 if failed else 0
 
 
@@ -234,6 +254,7 @@ def _add_device(p) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lowlight_fast.enhance import IO_THREADS
     from lowlight_fast.models import registry
     from lowlight_fast.train import add_train_arguments
 
@@ -266,7 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
         "process in N x N tiles (16 px overlap, same pixels as untiled); default: only when the image "
         "does not fit in memory"))
     p.add_argument("--threads", type=int_at_least(1), default=None, help="CPU threads (default: torch's default)")
+    p.add_argument("--io-threads", type=int_at_least(0), default=IO_THREADS, metavar="N", help=(
+        f"N threads decode the next images and N encode the previous results while the model runs "
+        f"(default {IO_THREADS}); 0: read, enhance and write one file after the other"))
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    from lowlight_fast import video_command
+
+    video_command.add_arguments(p)
     p.set_defaults(func=cmd_enhance)
 
     p = sub.add_parser("demo", help="enhance the bundled samples and write a before/after contact sheet")

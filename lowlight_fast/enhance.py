@@ -13,6 +13,7 @@ Nothing here prints: errors are exceptions (or, per file, returned messages), pr
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import glob
@@ -32,7 +33,7 @@ from lowlight_fast.models import registry
 from lowlight_fast.models._common import EnhancementModel
 from lowlight_fast.tiling import MARGIN, enhance_tiled, is_out_of_memory
 
-__all__ = ["MIN_TILE", "Enhancer", "Inputs", "OutputClaims", "collect_inputs", "enhance_files",
+__all__ = ["IO_THREADS", "MIN_TILE", "Enhancer", "Inputs", "OutputClaims", "collect_inputs", "enhance_files",
            "output_extension", "transparent_huge_pages"]
 
 MIN_TILE = 64  # tiles smaller than this would make the convolutions pick other algorithms (tiling.py)
@@ -314,28 +315,63 @@ def _alive(pid: int) -> bool:
     return True
 
 
+IO_THREADS = 1  # decoding threads and encoding threads of enhance_files (the CLI's --io-threads)
+
+
+@dataclass
+class _Decoded:
+    """What the model and the writer need of a decoded image (its float copy of the pixels is dropped)."""
+
+    x: torch.Tensor
+    bits: int
+    alpha: object
+    frames: int
+
+
+@dataclass
+class _Done:
+    """One input the main loop is done with, waiting (in input order) for its write and its report."""
+
+    src: str
+    dst: str
+    messages: list[tuple[str, str]] = field(default_factory=list)  # ("error" | "warning", text), in order
+    write: Future | None = None
+    written: bool = False
+
+
 def enhance_files(files: Sequence[str], outdir: str | os.PathLike,
                   enhancer: Callable[[torch.Tensor], torch.Tensor], ext: str = "png", quality: int = 95,
-                  png_compression: int = 1, *, max_pixels: int | None = None,
+                  png_compression: int = 1, *, max_pixels: int | None = None, io_threads: int = IO_THREADS,
                   on_progress: Callable[[str], None] | None = None,
                   on_error: Callable[[str], None] | None = None,
                   on_warning: Callable[[str], None] | None = None) -> tuple[list[str], list[str]]:
     """Enhance ``files`` into ``outdir/<stem>.<ext>``; returns (written paths, error messages).
 
-    ``enhancer``: an :class:`Enhancer` (or any callable 1x3xHxW -> CPU image). Reading the next image
-    and writing the previous one overlap with the model. A file that cannot be read (also: above
-    ``max_pixels``, default :data:`lowlight_fast.io.MAX_PIXELS`; 0: no limit), enhanced (out of memory
-    included) or written is skipped and its message (naming the file) returned; the others go on. So is
-    a file whose output would be one of the inputs, would overwrite an earlier one's output, is being
-    written by another process (:class:`OutputClaims`), or was written by another process since this
-    call began (an output older than the call is replaced: running again over a folder is normal). Outputs are written atomically (a hidden
-    temporary file, renamed). ``on_progress(path)`` is called once per input when it is done with,
-    ``on_error(message)`` once per error as it happens (for example to print them above a progress
-    bar), ``on_warning(message)`` for what is done but not quite as asked (a multi-frame file, of which
-    only the first frame is enhanced); without them nothing is reported until the function returns.
+    ``enhancer``: an :class:`Enhancer` (or any callable 1x3xHxW -> CPU image). With ``io_threads``
+    N >= 1, N threads decode the next images and N threads encode the previous results while the model
+    runs (Pillow's and zlib's codecs release the GIL); at most N images are decoded ahead and at most N
+    results wait for their encoding, so memory stays flat whatever the number of files. ``io_threads=0``:
+    each file is read, enhanced and written in turn, in the calling thread. Both write the same bytes
+    and report the same messages in the same order.
+
+    A file that cannot be read (also: above ``max_pixels``, default :data:`lowlight_fast.io.MAX_PIXELS`;
+    0: no limit), enhanced (out of memory included) or written is skipped and its message (naming the
+    file) returned; the others go on. So is a file whose output would be one of the inputs, would
+    overwrite an earlier one's output, is being written by another process (:class:`OutputClaims`), or
+    was written by another process since this call began (an output older than the call is replaced:
+    running again over a folder is normal). Outputs are written atomically (a hidden temporary file,
+    renamed). Reports come per input, in input order, once the input is done with (its result written
+    or not): ``on_warning(message)`` for what is done but not quite as asked (a multi-frame file, of
+    which only the first frame is enhanced), ``on_error(message)`` for each error, then
+    ``on_progress(path)``; without them nothing is reported until the function returns.
+
+    An exception (KeyboardInterrupt included) stops the reading at once; the results already computed
+    are written (whole, atomically) before it propagates, and nothing half-written is left.
     """
     from lowlight_fast import io
 
+    if isinstance(io_threads, bool) or not isinstance(io_threads, int) or io_threads < 0:
+        raise ValueError(f"io_threads: expected an integer >= 0, got {io_threads!r}")
     ext = output_extension(ext)
     outdir = os.fspath(outdir)
     os.makedirs(outdir, exist_ok=True)
@@ -347,59 +383,118 @@ def enhance_files(files: Sequence[str], outdir: str | os.PathLike,
     inputs = {os.path.realpath(f) for f in files}
     started = time.time_ns()  # an output newer than this was written by another run meanwhile
 
-    def fail(message: str) -> None:
-        errors.append(message)
-        if on_error is not None:
-            on_error(message)
+    def read(path: str) -> _Decoded:
+        img = io.read_image(path, max_pixels=limit)
+        return _Decoded(img.to_tensor(), img.bits, img.alpha, img.frames)
 
-    def read(path: str):
-        return io.read_image(path, max_pixels=limit)
+    def write(dst: str, y: torch.Tensor, d: _Decoded) -> None:
+        io.write_image(dst, y, bits=d.bits, alpha=d.alpha, quality=quality, png_compression=png_compression)
 
-    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer, OutputClaims(outdir) as claims:
-        pending_writes: list[tuple[str, str, Future]] = []
-        nxt = reader.submit(read, files[0]) if files else None
-        for i, src in enumerate(files):
-            fut = nxt
-            nxt = reader.submit(read, files[i + 1]) if i + 1 < len(files) else None
-            dst = os.path.join(outdir, f"{Path(src).stem}.{ext}")
+    def report(done: _Done) -> None:
+        if done.write is not None:
             try:
-                key = os.path.realpath(dst)
-                if key in inputs:
-                    raise ValueError(f"{src}: its output {dst} is one of the input files, which is never "
-                                     "written over; choose another output folder (-o) or format (--ext)")
-                if key in claimed:
-                    raise ValueError(f"{src}: its output {dst} would overwrite the result of {claimed[key]}; "
-                                     "rename one of them or enhance them into separate folders")
-                holder = claims.claim(os.path.basename(key))
-                if holder is not None:
-                    raise ValueError(f"{src}: its output {dst} is being written by another process (pid "
-                                     f"{holder}); wait for it, or enhance into another folder")
-                if _written_since(dst, started):
-                    raise ValueError(f"{src}: its output {dst} was written by another process while this run "
-                                     "was going; it is left as it is (enhance into another folder, or run again)")
-                claimed[key] = src
-                img = fut.result()
-                if img.frames > 1 and on_warning is not None:
-                    on_warning(f"{src}: holds {img.frames} frames; only the first is enhanced")
-                y = enhancer(img.to_tensor())
-                pending_writes.append((src, dst, writer.submit(
-                    io.write_image, dst, y, bits=img.bits, alpha=img.alpha, quality=quality,
-                    png_compression=png_compression)))
-            except (io.ImageReadError, ValueError) as exc:
-                fail(str(exc))
-            except MemoryError:
-                fail(f"{src}: not enough memory to enhance it (try --tile, or a smaller image)")
-            except RuntimeError as exc:
-                fail(f"{src}: {exc}")
-            if on_progress is not None:
-                on_progress(src)
-        for src, dst, fut in pending_writes:
-            try:
-                fut.result()
-                written.append(dst)
+                done.write.result()
+                done.written = True
             except Exception as exc:  # noqa: BLE001 - report and go on with the batch
-                fail(f"{src}: cannot write {dst}: {_describe_os_error(exc)}")
+                done.messages.append(("error", _write_error(done.src, done.dst, exc)))
+        if done.written:
+            written.append(done.dst)
+        for kind, message in done.messages:
+            if kind == "error":
+                errors.append(message)
+                if on_error is not None:
+                    on_error(message)
+            elif on_warning is not None:
+                on_warning(message)
+        if on_progress is not None:
+            on_progress(done.src)
+
+    with OutputClaims(outdir) as claims, _Workers(io_threads) as workers:
+        ahead: collections.deque[Future] = collections.deque()  # reads of the next files, in order
+        behind: collections.deque[_Done] = collections.deque()  # done with here, not yet reported
+        submitted = 0
+        for i, src in enumerate(files):
+            if workers.reader is not None:
+                while submitted < len(files) and submitted <= i + io_threads:
+                    ahead.append(workers.reader.submit(read, files[submitted]))
+                    submitted += 1
+                decoding = ahead.popleft()
+            done = _Done(src, os.path.join(outdir, f"{Path(src).stem}.{ext}"))
+            dst = done.dst
+            try:
+                _claim_output(src, dst, inputs, claimed, claims, started)
+                d = decoding.result() if workers.reader is not None else read(src)
+                if d.frames > 1:
+                    done.messages.append(("warning",
+                                          f"{src}: holds {d.frames} frames; only the first is enhanced"))
+                y = enhancer(d.x)
+                d.x = None  # the input's pixels are not needed any more
+                if workers.writer is not None:
+                    done.write = workers.writer.submit(write, dst, y, d)
+                else:
+                    try:
+                        write(dst, y, d)
+                        done.written = True
+                    except Exception as exc:  # noqa: BLE001 - report and go on with the batch
+                        done.messages.append(("error", _write_error(src, dst, exc)))
+            except (io.ImageReadError, ValueError) as exc:
+                done.messages.append(("error", str(exc)))
+            except MemoryError:
+                done.messages.append(("error", f"{src}: not enough memory to enhance it "
+                                               "(try --tile, or a smaller image)"))
+            except RuntimeError as exc:
+                done.messages.append(("error", f"{src}: {exc}"))
+            finally:
+                decoding = d = y = None  # nothing of this file stays alive here (nor an unused read)
+            behind.append(done)
+            while behind and (behind[0].write is None or behind[0].write.done()
+                              or sum(b.write is not None for b in behind) > io_threads):
+                report(behind.popleft())
+        while behind:
+            report(behind.popleft())
     return written, errors
+
+
+class _Workers:
+    """The reading and writing threads of :func:`enhance_files` (none for ``threads == 0``). Leaving the
+    block, however it is left, cancels the reads not yet started and waits for every write submitted:
+    an interrupted run writes the results it has, whole, and leaves no file half-written; the threads
+    are gone before the output claims are released."""
+
+    def __init__(self, threads: int):
+        self.reader = ThreadPoolExecutor(threads, "lowlight-fast-read") if threads else None
+        self.writer = ThreadPoolExecutor(threads, "lowlight-fast-write") if threads else None
+
+    def __enter__(self) -> "_Workers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.reader is not None:
+            self.reader.shutdown(wait=True, cancel_futures=True)
+        if self.writer is not None:
+            self.writer.shutdown(wait=True)
+
+
+def _claim_output(src: str, dst: str, inputs: set[str], claimed: dict[str, str], claims: OutputClaims,
+                  started: int) -> None:
+    """Claim ``dst`` as the output of ``src``, or raise ValueError saying why it must not be written:
+    it is one of the ``inputs`` (real paths), an earlier input's output (``claimed``: real path -> input),
+    being written by another process (``claims``), or written by another one since ``started`` (ns)."""
+    key = os.path.realpath(dst)
+    if key in inputs:
+        raise ValueError(f"{src}: its output {dst} is one of the input files, which is never "
+                         "written over; choose another output folder (-o) or format (--ext)")
+    if key in claimed:
+        raise ValueError(f"{src}: its output {dst} would overwrite the result of {claimed[key]}; "
+                         "rename one of them or enhance them into separate folders")
+    holder = claims.claim(os.path.basename(key))
+    if holder is not None:
+        raise ValueError(f"{src}: its output {dst} is being written by another process (pid "
+                         f"{holder}); wait for it, or enhance into another folder")
+    if _written_since(dst, started):
+        raise ValueError(f"{src}: its output {dst} was written by another process while this run "
+                         "was going; it is left as it is (enhance into another folder, or run again)")
+    claimed[key] = src
 
 
 def _remove_stale_temporaries(folder: str) -> None:
@@ -419,6 +514,10 @@ def _written_since(path: str, since_ns: int) -> bool:
         return os.stat(path).st_mtime_ns >= since_ns
     except OSError:
         return False
+
+
+def _write_error(src: str, dst: str, exc: BaseException) -> str:
+    return f"{src}: cannot write {dst}: {_describe_os_error(exc)}"
 
 
 def _describe_os_error(exc: BaseException) -> str:

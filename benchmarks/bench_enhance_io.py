@@ -1,0 +1,192 @@
+"""Image and video I/O around the model in ``lowlight-fast enhance``, on the CPU.
+
+    PYTHONPATH=$PWD python benchmarks/bench_enhance_io.py [png] [images] [video] [flicker]
+
+- ``png``: PNG encoding of one enhanced 1920x1080 image at each zlib level (``--png-compression``):
+  ms and MB, best of 3.
+- ``images``: 4 1920x1080 and 4 3840x2160 PNGs (made from the bundled samples, with sensor-like
+  noise) through Zero-DCE++ (scale factor 12) by ``lowlight_fast.enhance.enhance_files``, sequential
+  (io_threads=0) and overlapped (1, 2 threads): wall time, images/s, and the time spent decoding, in
+  the model and encoding (summed over threads: with overlap they add up to more than the wall time).
+- ``video``: a 1280x720 H.264 clip (generated here with PyAV, 30 fps, AAC audio) through Zero-DCE++
+  (scale factor 12) by ``lowlight_fast.video.enhance_video``, end to end, in frames/s, per x264 preset.
+- ``flicker``: frame-to-frame change of the mean brightness of a static scene with noise, with and
+  without ``--temporal-smoothing`` (bundled weights).
+
+Prints markdown tables. No GPU involved.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lowlight_fast import io  # noqa: E402
+from lowlight_fast.enhance import Enhancer, enhance_files  # noqa: E402
+from lowlight_fast.models import registry  # noqa: E402
+
+
+def _scene(w: int, h: int, seed: int, sample: int = 0) -> np.ndarray:
+    """A bundled dark sample resized to w x h with Gaussian noise (sigma 2 levels), uint8."""
+    paths = registry.bundled_samples()
+    base = np.asarray(Image.open(paths[sample % len(paths)]).convert("RGB").resize((w, h), Image.BICUBIC),
+                      np.float32)
+    rng = np.random.default_rng(seed)
+    return np.clip(base + rng.normal(0, 2, base.shape), 0, 255).astype(np.uint8)
+
+
+def bench_png(enhancer) -> None:
+    x = torch.from_numpy(_scene(1920, 1080, 0)).permute(2, 0, 1)[None].float() / 255
+    y = enhancer(x)
+    print("| zlib level | encode ms (best of 3) | MB |\n|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as d:
+        for level in range(10):
+            path = os.path.join(d, "a.png")
+            times = []
+            for _ in range(3):
+                t = time.perf_counter()
+                io.write_image(path, y, png_compression=level)
+                times.append(time.perf_counter() - t)
+            print(f"| {level} | {min(times) * 1e3:.0f} | {os.path.getsize(path) / 1e6:.2f} |")
+
+
+class _Timed:
+    """Wraps a function, summing its time over all threads."""
+
+    def __init__(self, fn):
+        self.fn, self.total, self.lock = fn, 0.0, threading.Lock()
+
+    def __call__(self, *a, **kw):
+        t = time.perf_counter()
+        try:
+            return self.fn(*a, **kw)
+        finally:
+            with self.lock:
+                self.total += time.perf_counter() - t
+
+
+def bench_images(enhancer, repeats: int) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        files = []
+        for i, (w, h) in enumerate([(1920, 1080)] * 4 + [(3840, 2160)] * 4):
+            files.append(os.path.join(d, f"{i}.png"))
+            Image.fromarray(_scene(w, h, i, i)).save(files[-1], compress_level=1)
+        mp = sum(Image.open(f).size[0] * Image.open(f).size[1] for f in files) / 1e6
+        print(f"{len(files)} PNGs, {mp:.1f} MP; best of {repeats} (by wall time)\n")
+        print("| io_threads | wall s | images/s | decode s | model s | encode s |\n|---:|---:|---:|---:|---:|---:|")
+        real_read, real_write = io.read_image, io.write_image
+        runs = {n: [] for n in (0, 1, 2)}
+        for _ in range(repeats):
+            for n in runs:
+                read, write, model = _Timed(real_read), _Timed(real_write), _Timed(enhancer)
+                io.read_image, io.write_image = read, write
+                try:
+                    t = time.perf_counter()
+                    written, errors = enhance_files(files, os.path.join(d, "out"), model, io_threads=n)
+                    wall = time.perf_counter() - t
+                finally:
+                    io.read_image, io.write_image = real_read, real_write
+                assert not errors and len(written) == len(files), errors
+                runs[n].append((wall, read.total, model.total, write.total))
+        for n, rs in runs.items():
+            wall, r, m, w = min(rs)
+            print(f"| {n} | {wall:.2f} | {len(files) / wall:.2f} | {r:.2f} | {m:.2f} | {w:.2f} |")
+
+
+def _make_clip(path: str, frames: int) -> None:
+    import av
+
+    with av.open(path, "w") as out:
+        v = out.add_stream("libx264", rate=30)
+        v.width, v.height, v.pix_fmt = 1280, 720, "yuv420p"
+        v.options = {"crf": "20", "preset": "veryfast"}
+        a = out.add_stream("aac", rate=48000)
+        base = _scene(1280 + 4 * frames, 720, 0).astype(np.int16)
+        rng = np.random.default_rng(1)
+        for i in range(frames):  # a slow pan with fresh noise in every frame
+            arr = np.clip(base[:, 4 * i:4 * i + 1280] + rng.integers(-3, 4, (720, 1280, 3)), 0, 255)
+            f = av.VideoFrame.from_ndarray(arr.astype(np.uint8), format="rgb24")
+            f.pts = i
+            out.mux(v.encode(f))
+        out.mux(v.encode())
+        for i in range(frames * 48000 // 30 // 1024):
+            af = av.AudioFrame.from_ndarray((rng.standard_normal((1, 1024)) * 0.05).astype(np.float32),
+                                            format="fltp", layout="mono")
+            af.sample_rate, af.pts = 48000, 1024 * i
+            out.mux(a.encode(af))
+        out.mux(a.encode())
+
+
+def bench_video(enhancer, frames: int, presets: list[str]) -> None:
+    from lowlight_fast.video import VideoOptions, enhance_video
+
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "clip.mp4")
+        _make_clip(src, frames)
+        print(f"1280x720 H.264 clip, {frames} frames, 30 fps, AAC audio; output libx264 (the input's codec)\n")
+        print("| preset | crf | frames/s | MB |\n|---|---:|---:|---:|")
+        for preset in presets:
+            dst = os.path.join(d, f"out_{preset}.mp4")
+            t = time.perf_counter()
+            n = enhance_video(src, dst, enhancer, VideoOptions(preset=None if preset == "default" else preset))
+            dt = time.perf_counter() - t
+            print(f"| {preset} | 23 (x264's) | {n / dt:.1f} | {os.path.getsize(dst) / 1e6:.1f} |")
+
+
+def bench_flicker() -> None:
+    from lowlight_fast.video import TemporalSmoothing
+
+    img = _scene(320, 240, 0, 2).astype(np.float32) / 255
+    scene = torch.from_numpy(img).permute(2, 0, 1)[None]
+    gen = torch.Generator().manual_seed(0)
+    frames = (scene + torch.randn(16, 3, 240, 320, generator=gen) * 0.02).clamp(0, 1)
+
+    def flicker(y):
+        return y.mean(dim=(1, 2, 3)).diff().abs().mean().item() * 1e3
+
+    weights = (0.0, 0.5, 0.8, 0.9)
+    print("16 frames of one 320x240 scene + Gaussian noise (sigma 0.02); mean |change of the frame's mean "
+          "brightness| between consecutive frames, x 1e-3 (input: "
+          f"{flicker(frames):.3f})\n")
+    print("| model | " + " | ".join(f"A = {a}" for a in weights) + " |\n|---|" + "---:|" * len(weights))
+    for name, sf in (("zerodce", None), ("zerodcepp", 12), ("zerodcepp", 1), ("sci", None)):
+        e = Enhancer(name, device="cpu", scale_factor=sf)
+        row = [flicker(TemporalSmoothing(e, a)(frames)) if a else flicker(e(frames)) for a in weights]
+        label = name + (f" (scale factor {sf})" if sf else "")
+        print(f"| {label} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", nargs="*", default=["png", "images", "video", "flicker"])
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--frames", type=int, default=150)
+    p.add_argument("--presets", nargs="+", default=["default", "veryfast", "superfast", "ultrafast"])
+    args = p.parse_args()
+    from lowlight_fast.memory import keep_freed_memory_by_default
+
+    keep_freed_memory_by_default(True)  # as the command runs
+    torch.set_flush_denormal(True)
+    enhancer = Enhancer("zerodcepp", device="cpu", scale_factor=12)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
+          f"load average before: {os.getloadavg()[0]:.1f}\n")
+    for what in args.what:
+        print(f"## {what}\n")
+        {"png": lambda: bench_png(enhancer), "images": lambda: bench_images(enhancer, args.repeats),
+         "video": lambda: bench_video(enhancer, args.frames, args.presets), "flicker": bench_flicker}[what]()
+        print(f"\n(load average after: {os.getloadavg()[0]:.1f})\n")
+
+
+if __name__ == "__main__":
+    main()
