@@ -109,10 +109,11 @@ def default_archs(version: tuple[int, int] | None) -> str:
 
 def inputs_hash() -> str:
     """A hash of everything the compiled modules depend on: every file under csrc/, this file,
-    pyproject.toml, the torch and Python builds, the CUDA toolkit found and the build variables."""
+    the torch and Python builds, the CUDA toolkit found and the build variables. Not pyproject.toml: its
+    metadata and extras change no compiled code, and a new optional dependency must not force a rebuild."""
     h = hashlib.sha256()
     files = [p for p in glob.glob(os.path.join(ROOT, "csrc", "**", "*"), recursive=True) if os.path.isfile(p)]
-    for path in sorted(files) + [os.path.join(ROOT, "setup.py"), os.path.join(ROOT, "pyproject.toml")]:
+    for path in sorted(files) + [os.path.join(ROOT, "setup.py")]:
         h.update(os.path.relpath(path, ROOT).encode() + b"\0")
         with open(path, "rb") as f:
             h.update(hashlib.sha256(f.read()).digest())

@@ -5,7 +5,7 @@
 #
 # Run again, it does only what is missing: the dependencies are installed only when one is absent, and
 # the compiled modules are rebuilt only when their inputs changed (setup.py --inputs-hash: csrc/, setup.py,
-# pyproject.toml, torch, the CUDA settings) or they do not import. LOWLIGHT_FAST_REBUILD=1 forces a rebuild.
+# torch, the CUDA settings) or they do not import. LOWLIGHT_FAST_REBUILD=1 forces a rebuild.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
