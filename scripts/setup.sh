@@ -17,7 +17,7 @@ if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
 fi
 
 # Distribution names: the build tools, the dependencies of pyproject.toml and its test/triton extras.
-DEPS=(setuptools wheel ninja numpy pillow safetensors tqdm pytest pytest-benchmark expecttest hypothesis triton)
+DEPS=(setuptools wheel ninja numpy pillow safetensors tqdm pytest pytest-benchmark expecttest hypothesis scikit-image triton)
 if ! "$VPY" - "${DEPS[@]}" <<'EOF'
 import sys
 from importlib import metadata
