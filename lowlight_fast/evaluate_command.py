@@ -92,8 +92,10 @@ def run(args) -> int:
             return 2
         limit = MAX_PIXELS if args.max_pixels is None else args.max_pixels
 
-        def load_pred(path: str) -> torch.Tensor:
+        def enhanced(path: str) -> torch.Tensor:
             return metrics.to_levels(enhancer(read_image(path, max_pixels=limit).to_tensor()))
+
+        load_pred = enhanced
 
     options = EvaluateOptions(y=args.y, gt_mean=args.gt_mean, gt_mean_grey=args.gt_mean_grey)
     for e in pairing.errors:
