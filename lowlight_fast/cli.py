@@ -1,4 +1,4 @@
-"""The ``lowlight-fast`` command: ``enhance``, ``demo``, ``train``, ``benchmark``, ``info``.
+"""The ``lowlight-fast`` command: ``enhance``, ``demo``, ``train``, ``benchmark``, ``evaluate``, ``info``.
 
 A thin shell: it parses the arguments, shows progress and turns errors into one-line messages and
 exit statuses (2: bad arguments, 1: some inputs failed). The work is the library's:
@@ -320,6 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_benchmark_arguments(p)
     _add_device(p)
     p.set_defaults(func=cmd_benchmark)
+
+    from lowlight_fast import evaluate_command
+
+    p = sub.add_parser("evaluate", help="PSNR/SSIM against references and no-reference figures", description=(
+        "Measure enhanced images (PRED) against references (GT, paired by file stem): PSNR and SSIM as "
+        "papers compute them, and no-reference figures (brightness, spread, colour cast, noise)."))
+    evaluate_command.add_arguments(p)
+    _add_device(p)
 
     p = sub.add_parser("info", help="versions, compiled backends and devices")
     p.set_defaults(func=cmd_info)

@@ -17,7 +17,7 @@ if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
 fi
 
 # Distribution names: the build tools, the dependencies of pyproject.toml and its test/triton/video extras.
-DEPS=(setuptools wheel ninja numpy pillow safetensors tqdm pytest pytest-benchmark pytest-timeout expecttest hypothesis triton av)
+DEPS=(setuptools wheel ninja numpy pillow safetensors tqdm pytest pytest-benchmark pytest-timeout expecttest hypothesis scikit-image triton av)
 if ! "$VPY" - "${DEPS[@]}" <<'EOF'
 import sys
 from importlib import metadata

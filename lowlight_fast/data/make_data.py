@@ -5,8 +5,11 @@ Needs scikit-image (for its public-domain / CC0 sample photographs; see LICENSES
     pip install scikit-image
     python lowlight_fast/data/make_data.py samples            # -> lowlight_fast/data/samples/*.png
     python lowlight_fast/data/make_data.py train data/train   # -> data/train/{dark,bright}/*.png (not shipped)
+    python lowlight_fast/data/make_data.py sci data/sci       # -> data/sci/*.png, SCI's set (not shipped)
 
-Samples and training images come from disjoint source photographs. A low-light version of an image x
+Samples and training images come from disjoint source photographs. SCI's set is the three darkest
+exposures of ``train``'s dark images (the same pixels), each in all six orders of its colour channels, so
+that no channel is favoured (SCI has no colour-constancy term, and its short runs drifted into casts). A low-light version of an image x
 (floats in [0, 1]) is ``gain * x ** gamma`` plus Gaussian noise whose strength grows with the signal
 (shot-noise-like) plus a small constant read noise, quantised to 8 bits. Deterministic (fixed seeds).
 """
@@ -74,15 +77,33 @@ def make_train(out: str) -> None:
     print(f"{len(TRAIN) * len(EXPOSURES)} training images in {out}")
 
 
+def make_sci(out: str, darkest: int = 3) -> None:
+    import itertools
+
+    os.makedirs(out, exist_ok=True)
+    n = 0
+    for i, name in enumerate(TRAIN):
+        a = _load(name)
+        for j, (gain, gamma) in enumerate(EXPOSURES[:darkest]):
+            y = darken(a, gain, gamma, np.random.default_rng(i * 100 + j))
+            for order in itertools.permutations(range(3)):
+                Image.fromarray(np.ascontiguousarray(y[..., list(order)])).save(
+                    os.path.join(out, f"{name}_{j}_{''.join(map(str, order))}.png"))
+                n += 1
+    print(f"{n} training images for SCI in {out}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("samples", "train"))
-    p.add_argument("out", nargs="?", help="output folder (default: the bundled samples folder / data/train)")
+    p.add_argument("what", choices=("samples", "train", "sci"))
+    p.add_argument("out", nargs="?", help="output folder (default: the bundled samples folder / data/train / data/sci)")
     a = p.parse_args(argv)
     if a.what == "samples":
         make_samples(a.out or os.path.join(HERE, "samples"))
-    else:
+    elif a.what == "train":
         make_train(a.out or os.path.join("data", "train"))
+    else:
+        make_sci(a.out or os.path.join("data", "sci"))
     return 0
 
 
