@@ -28,8 +28,10 @@ def rehearsal(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_check")
     env = dict(os.environ, PYTHON=sys.executable)
     env.pop("OUT", None)
-    res = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--rehearse", "--budget", "300",
-                          "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    # a budget no stage reaches, however loaded the machine: this checks what the stages do, not how fast
+    # (the time a rehearsal takes is measured in benchmarks/RESULTS.md)
+    res = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--rehearse", "--budget", "3000",
+                          "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
     return res, out
 
 
