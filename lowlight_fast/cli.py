@@ -1,4 +1,4 @@
-"""The ``lowlight-fast`` command: ``enhance``, ``demo``, ``train``, ``benchmark``, ``info``.
+"""The ``lowlight-fast`` command: ``enhance``, ``demo``, ``train``, ``benchmark``, ``export``, ``info``.
 
 A thin shell: it parses the arguments, shows progress and turns errors into one-line messages and
 exit statuses (2: bad arguments, 1: some inputs failed). The work is the library's:
@@ -112,10 +112,12 @@ def cmd_enhance(args) -> int:
     for e in inputs.errors:
         _eprint(f"error: {e}")
     _setup_threads(args.threads)
+    from lowlight_fast.export_command import engine_enhancer
+
     try:
-        enhancer = Enhancer(args.model, args.weights, args.device, scale_factor=args.scale_factor or None,
-                            tile=args.tile or None)
-    except (ValueError, FileNotFoundError) as exc:
+        enhancer = engine_enhancer(args) or Enhancer(args.model, args.weights, args.device,
+                                                     scale_factor=args.scale_factor or None, tile=args.tile or None)
+    except (ValueError, FileNotFoundError, ImportError) as exc:
         _eprint(f"error: {exc}")
         return 2
     t0 = time.perf_counter()
@@ -267,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
         "does not fit in memory"))
     p.add_argument("--threads", type=int_at_least(1), default=None, help="CPU threads (default: torch's default)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    from lowlight_fast import export_command
+
+    export_command.add_engine_arguments(p)
     p.set_defaults(func=cmd_enhance)
 
     p = sub.add_parser("demo", help="enhance the bundled samples and write a before/after contact sheet")
@@ -293,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_benchmark_arguments(p)
     _add_device(p)
     p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("export", help="export a model to ONNX or torch.export, checked against PyTorch",
+                       description=("Export a model for deployment: an ONNX file (standard operators; input "
+                                    "'image' N x 3 x H x W float32 in [0, 1], output 'enhanced') or a "
+                                    "torch.export program, then run it on a random image against PyTorch."))
+    export_command.add_arguments(p)
 
     p = sub.add_parser("info", help="versions, compiled backends and devices")
     p.set_defaults(func=cmd_info)
