@@ -212,7 +212,9 @@ def _size_oblivious(on: bool):
     """Zero-DCE++'s curve map is ceil(H / s) x ceil(W / s): tracing it, torch asks whether those sides
     are 1 (for layouts and broadcasting), a question no range of H answers, and refuses to export for
     images of s pixels or fewer. torch's ``backed_size_oblivious`` answers it as for any size, which
-    holds here (nothing broadcasts over those sides); tests/export checks images from 1x1 up."""
+    holds here (nothing broadcasts over those sides); tests/export checks images from 1x1 up. The
+    steps after torch.export (decompositions, ONNX) trace the program again and use it for every model,
+    as a program does not say which model it came from."""
     from torch.fx.experimental import _config
 
     if not on or not hasattr(_config, "backed_size_oblivious"):
@@ -275,7 +277,8 @@ def decompositions() -> dict:
 def lower_custom_ops(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
     """``program`` with each fused op replaced by its decomposition (standard ATen operators); a
     RuntimeError naming any lowlight_fast op that has none."""
-    lowered = program.run_decompositions(decompositions())  # only these: torch.onnx runs its own after
+    with _quiet(), _size_oblivious(True):  # it traces again (see _size_oblivious)
+        lowered = program.run_decompositions(decompositions())  # only these: torch.onnx runs its own after
     left = sorted({str(n.target) for n in lowered.graph.nodes
                    if n.op == "call_function" and str(n.target).startswith("lowlight_fast.")})
     if left:
@@ -334,21 +337,28 @@ def _metadata(model, scale_factor, fp16: bool, static) -> dict[str, str]:
     return {METADATA_PREFIX + k: v for k, v in meta.items()}
 
 
+def _check_onnx_arguments(path, opset):
+    """The onnx module, after checking what an ONNX export needs before its slow part: the packages,
+    the opset, the output path."""
+    onnx = require("onnx", "ONNX export")
+    require("onnxscript", "ONNX export (torch.onnx's dynamo exporter)")
+    top = onnx.defs.onnx_opset_version()
+    if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int) or not 7 <= opset <= top):
+        raise ValueError(f"opset: expected an integer in 7..{top} (the installed onnx's range), got {opset!r}")
+    check_output_path(path)
+    return onnx
+
+
 def onnx_from_program(program: torch.export.ExportedProgram, path: str | os.PathLike, *,
                       opset: int | None = None, metadata: dict[str, str] | None = None) -> Path:
     """Write ``program`` (from :func:`export_program`) as an ONNX file: the fused ops lowered
     (:func:`lower_custom_ops`), input ``image``, output ``enhanced``, ``opset`` (default: the
     exporter's), ``metadata`` as the model's metadata_props; checked with ``onnx.checker``."""
-    onnx = require("onnx", "ONNX export")
-    require("onnxscript", "ONNX export (torch.onnx's dynamo exporter)")
+    onnx = _check_onnx_arguments(path, opset)
     path = check_output_path(path)
-    if opset is not None and not (isinstance(opset, int) and 7 <= opset <= onnx.defs.onnx_opset_version()):
-        raise ValueError(f"opset: expected an integer in 7..{onnx.defs.onnx_opset_version()} "
-                         f"(the installed onnx's range), got {opset!r}")
-    with _quiet():
-        lowered = _float_clamp_bounds(lower_custom_ops(program))
+    lowered = _float_clamp_bounds(lower_custom_ops(program))
     try:
-        with _quiet():
+        with _quiet(), _size_oblivious(True):
             onnx_program = torch.onnx.export(lowered, dynamo=True, input_names=[INPUT_NAME],
                                              output_names=[OUTPUT_NAME], opset_version=opset, verbose=False)
     except Exception as exc:  # the exporter's errors are long reports; the first line says what failed
@@ -376,7 +386,8 @@ def export_onnx(path: str | os.PathLike, model="zerodce", *, weights=None, scale
     ``enhance_image`` returns). N, H, W dynamic unless ``static`` ("HxW" or "NxHxW"); ``fp16``:
     float16 weights and arithmetic (float32 input and output); ``opset``: the ONNX opset. Returns
     the path. The file's metadata_props name the model, its scale factor and the precision."""
-    _static_shape(static)  # bad sizes are reported before the slow part
+    _check_onnx_arguments(path, opset)  # what can be wrong is reported before the slow part
+    _static_shape(static)
     program = export_program(model, weights=weights, scale_factor=scale_factor, fp16=fp16, static=static)
     return onnx_from_program(program, path, opset=opset, metadata=_metadata(model, scale_factor, fp16, static))
 
