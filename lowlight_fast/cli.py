@@ -115,8 +115,8 @@ def cmd_enhance(args) -> int:
     from lowlight_fast.export_command import engine_enhancer
 
     try:
-        enhancer = engine_enhancer(args) or Enhancer(args.model, args.weights, args.device,
-                                                     scale_factor=args.scale_factor or None, tile=args.tile or None)
+        enhancer = engine_enhancer(args) or Enhancer(
+            args.model, args.weights, args.device, scale_factor=args.scale_factor or None, tile=args.tile or None)
     except (ValueError, FileNotFoundError, ImportError) as exc:
         _eprint(f"error: {exc}")
         return 2

@@ -223,7 +223,8 @@ class OnnxEnhancer:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime's own exception types: a corrupt or foreign file
-            raise ValueError(f"{path}: onnxruntime cannot load it as a model ({str(exc).strip()[:300]})") from None
+            reason = str(exc).strip()[:300]
+            raise ValueError(f"{path}: onnxruntime cannot load it as a model ({reason})") from None
         inputs = self.session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].type != "tensor(float)":
             desc = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs)
@@ -233,7 +234,8 @@ class OnnxEnhancer:
         self._shape = inputs[0].shape  # ints where static, names where dynamic
         self._output = self.session.get_outputs()[0].name
         meta = self.session.get_modelmeta().custom_metadata_map
-        self.metadata = {k[len(METADATA_PREFIX):]: v for k, v in meta.items() if k.startswith(METADATA_PREFIX)}
+        self.metadata = {k[len(METADATA_PREFIX):]: v for k, v in meta.items()
+                         if k.startswith(METADATA_PREFIX)}
         self.name = self.metadata.get("model", path.stem)
         self.providers = self.session.get_providers()
 

@@ -9,8 +9,8 @@
   (N, 3, H, W) float32 in [0, 1], and one output, ``enhanced``, the image ``enhance_image`` returns;
   N, H and W dynamic unless ``static`` is given. The fused ops are lowered to standard operators
   through their export decompositions (``export_decompositions()`` in each ``lowlight_fast.ops``
-  module; :func:`decompositions` collects them). ``fp16``: weights and arithmetic in float16, the
-  input and output still float32 (casts at both ends), so a caller sees the same interface.
+  module; :func:`decompositions` collects them). ``fp16``: float16 weights and graph, the input and
+  output still float32 (casts at both ends), so a caller sees the same interface.
 - :func:`max_difference`: the largest difference between an ONNX file's output in onnxruntime and
   the model's own, on one image (what ``lowlight-fast export`` checks after writing).
 
@@ -34,6 +34,7 @@ import pkgutil
 import re
 import warnings
 from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -119,12 +120,12 @@ class ExportableEnhancer(nn.Module):
 
         self.model = model.to(dtype)
         self.dtype = dtype
-        # whether export needs torch's size-oblivious reasoning (see _size_oblivious)
-        self.size_oblivious = isinstance(model, ZeroDCEPlusPlus) and model.scale_factor > 1
+        # Zero-DCE++ above scale factor 1 pads: through _zerodcepp_enhance, exported size-obliviously
+        self.pads = isinstance(model, ZeroDCEPlusPlus) and model.scale_factor > 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.dtype)
-        if self.size_oblivious:
+        if self.pads:
             y = _zerodcepp_enhance(self.model, x)
         else:
             y = self.model.enhance_image(x)
@@ -188,7 +189,7 @@ def export_program(model="zerodce", *, weights=None, scale_factor: int | None = 
     ``program.module()(x)``."""
     module = exportable(model, weights=weights, scale_factor=scale_factor, fp16=fp16)
     example, dims = _example_and_dims(static)
-    with torch.no_grad(), _quiet(), _size_oblivious(module.size_oblivious):
+    with torch.no_grad(), _quiet(), _size_oblivious(module.pads):
         return torch.export.export(module, (example,), dynamic_shapes=dims)
 
 
@@ -294,7 +295,8 @@ def _float_clamp_bounds(program: torch.export.ExportedProgram) -> torch.export.E
     def as_float(a):
         return float(a) if isinstance(a, int) and not isinstance(a, bool) else a
 
-    nodes = [n for n in program.graph.nodes if n.op == "call_function" and n.target is torch.ops.aten.clamp.default
+    clamp = torch.ops.aten.clamp.default
+    nodes = [n for n in program.graph.nodes if n.op == "call_function" and n.target is clamp
              and any(as_float(a) is not a for a in n.args[1:])]
     for node in nodes:
         node.args = (node.args[0],) + tuple(as_float(a) for a in node.args[1:])
@@ -307,7 +309,8 @@ def _name_dims(proto) -> None:
     """The input's dynamic dimensions renamed batch, height, width (the exporter names them after its
     symbols), in every shape of the graph that uses them."""
     dims = proto.graph.input[0].type.tensor_type.shape.dim
-    names = {d.dim_param: new for d, new in zip(dims, ("batch", None, "height", "width")) if new and d.dim_param}
+    names = {d.dim_param: new for d, new in zip(dims, ("batch", None, "height", "width"))
+             if new and d.dim_param}
     if not names:
         return
     pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
@@ -344,7 +347,8 @@ def _check_onnx_arguments(path, opset):
     require("onnxscript", "ONNX export (torch.onnx's dynamo exporter)")
     top = onnx.defs.onnx_opset_version()
     if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int) or not 7 <= opset <= top):
-        raise ValueError(f"opset: expected an integer in 7..{top} (the installed onnx's range), got {opset!r}")
+        raise ValueError(f"opset: expected an integer in 7..{top} (the installed onnx's range), "
+                         f"got {opset!r}")
     check_output_path(path)
     return onnx
 
@@ -389,7 +393,8 @@ def export_onnx(path: str | os.PathLike, model="zerodce", *, weights=None, scale
     _check_onnx_arguments(path, opset)  # what can be wrong is reported before the slow part
     _static_shape(static)
     program = export_program(model, weights=weights, scale_factor=scale_factor, fp16=fp16, static=static)
-    return onnx_from_program(program, path, opset=opset, metadata=_metadata(model, scale_factor, fp16, static))
+    metadata = _metadata(model, scale_factor, fp16, static)
+    return onnx_from_program(program, path, opset=opset, metadata=metadata)
 
 
 def max_difference(onnx_path: str | os.PathLike, reference: nn.Module, x: torch.Tensor) -> float:

@@ -121,7 +121,8 @@ def run(args) -> int:
                 f"random {'x'.join(map(str, test_shape))} image (more than {tolerance:g})")
         return 1
     if not args.quiet:
-        _eprint(f"verified: max |{engine} - PyTorch| = {err:.2g} on a random {'x'.join(map(str, test_shape))} image")
+        _eprint(f"verified: max |{engine} - PyTorch| = {err:.2g} on a random "
+                f"{'x'.join(map(str, test_shape))} image")
     return 0
 
 

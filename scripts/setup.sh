@@ -16,8 +16,8 @@ if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
   .venv/bin/pip install -q "torch==${LOWLIGHT_FAST_TORCH:-2.13.0}"
 fi
 
-# Distribution names: the build tools, the dependencies of pyproject.toml and its test/triton extras.
-DEPS=(setuptools wheel ninja numpy pillow safetensors tqdm pytest pytest-benchmark expecttest hypothesis triton)
+# Distribution names: the build tools, the dependencies of pyproject.toml and its test/triton/export extras.
+DEPS=(setuptools wheel ninja numpy pillow safetensors tqdm pytest pytest-benchmark expecttest hypothesis triton onnx onnxscript onnxruntime)
 if ! "$VPY" - "${DEPS[@]}" <<'EOF'
 import sys
 from importlib import metadata

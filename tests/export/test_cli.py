@@ -33,7 +33,8 @@ def test_round_trip_writes_the_same_images(cli_main, tmp_path):
     assert status == 0, err
     assert "verified: max |onnxruntime - PyTorch|" in err and model.is_file()
     photos = _photos(tmp_path / "in")
-    status, err = cli_main("enhance", *photos, "-o", tmp_path / "ort", "--engine", "onnxruntime", "--onnx", model, "-q")
+    status, err = cli_main("enhance", *photos, "-o", tmp_path / "ort", "--engine", "onnxruntime",
+                           "--onnx", model, "-q")
     assert status == 0, err
     status, err = cli_main("enhance", *photos, "-o", tmp_path / "torch", "--model", "sci", "-q")
     assert status == 0, err
@@ -105,6 +106,7 @@ def test_enhance_engine_bad_arguments(cli_main, tmp_path, args, message):
 def test_enhance_without_onnxruntime(cli_main, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     photos = _photos(tmp_path / "in", sizes=((8, 8),))
-    status, err = cli_main("enhance", *photos, "-o", tmp_path / "out", "--engine", "onnxruntime", "--onnx", "m.onnx")
+    status, err = cli_main("enhance", *photos, "-o", tmp_path / "out", "--engine", "onnxruntime",
+                           "--onnx", "m.onnx")
     assert status == 2
     assert "the onnxruntime engine needs the Python package onnxruntime" in err and "Traceback" not in err

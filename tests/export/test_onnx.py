@@ -123,7 +123,8 @@ def test_onnx_enhancer_errors(onnx_files, tmp_path):
 def test_missing_packages_are_named(monkeypatch, tmp_path):
     """Without onnxruntime / onnx (a None entry in sys.modules makes their import fail)."""
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    with pytest.raises(export.MissingDependency, match=r"onnxruntime engine needs the Python package onnxruntime.*\[export\]"):
+    needs = r"onnxruntime engine needs the Python package onnxruntime.*\[export\]"
+    with pytest.raises(export.MissingDependency, match=needs):
         OnnxEnhancer(tmp_path / "m.onnx")
     monkeypatch.setitem(sys.modules, "onnx", None)
     with pytest.raises(export.MissingDependency, match=r"ONNX export needs the Python package onnx\b"):

@@ -54,7 +54,8 @@ def test_bad_arguments(tmp_path):
         export.save_program(None, tmp_path / "no" / "such" / "m.pt2")
 
 
-@pytest.mark.parametrize("text, sizes", [("64x80", (64, 80)), (" 2 X 16x24 ", (2, 16, 24)), ("1080x1920", (1080, 1920))])
+@pytest.mark.parametrize("text, sizes", [("64x80", (64, 80)), (" 2 X 16x24 ", (2, 16, 24)),
+                                         ("1080x1920", (1080, 1920))])
 def test_parse_static(text, sizes):
     assert export.parse_static(text) == sizes
 
