@@ -223,10 +223,12 @@ def _size_oblivious(on: bool):
     return _config.patch(backed_size_oblivious=True)
 
 
-def _atomic(path: Path, write) -> Path:
+def _atomic(path: Path, write, suffix: str = "") -> Path:
+    """``write(tmp)`` then ``tmp`` renamed to ``path``; ``suffix``: what the temporary name must end with
+    (torch.export.save wants .pt2)."""
     from lowlight_fast.io import temporary_path
 
-    tmp = temporary_path(str(path))
+    tmp = temporary_path(str(path)) + suffix
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -248,7 +250,7 @@ def check_output_path(path: str | os.PathLike) -> Path:
 def save_program(program: torch.export.ExportedProgram, path: str | os.PathLike) -> Path:
     """``torch.export.save`` to ``path`` (atomically). Load it with :func:`load_program`."""
     path = check_output_path(path)
-    return _atomic(path, lambda tmp: torch.export.save(program, tmp))
+    return _atomic(path, lambda tmp: torch.export.save(program, tmp), suffix=".pt2")
 
 
 def load_program(path: str | os.PathLike) -> torch.export.ExportedProgram:

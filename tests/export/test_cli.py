@@ -67,8 +67,8 @@ def test_torch_export_format(cli_main, tmp_path):
     (["--static", "12by5"], "argument --static: expected HxW"),
     (["--static", "0x5"], "argument --static: expected HxW"),
     (["--format", "torch-export", "--opset", "18"], "--opset applies to --format onnx only"),
-    (["--model", "sci", "--scale-factor", "4"], "scale_factor applies to zerodcepp only"),
-    (["--weights", "missing.safetensors"], "weights file not found"),
+    (["--format", "torch-export", "--model", "sci", "--scale-factor", "4"], "scale_factor applies to zerodcepp only"),
+    (["--format", "torch-export", "--weights", "missing.safetensors"], "weights file not found"),
 ])
 def test_export_bad_arguments(cli_main, tmp_path, args, message):
     status, err = cli_main("export", "-o", tmp_path / "m.onnx", *args)

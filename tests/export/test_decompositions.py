@@ -71,7 +71,7 @@ def test_a_fused_op_without_decomposition_is_named(monkeypatch):
         export.lower_custom_ops(program)
 
 
-@pytest.mark.parametrize("s", [1, 2, 3, 5, 12])
+@pytest.mark.parametrize("s", [2, 3, 12])
 def test_exportable_zerodcepp_matches_enhance_image(s):
     """The branch-free padding (index arithmetic) is Zero-DCE++'s padding, for even and odd factors."""
     model = reference("zerodcepp", scale_factor=s)
