@@ -1,4 +1,5 @@
-"""The ``lowlight-fast`` command: ``enhance``, ``demo``, ``train``, ``benchmark``, ``evaluate``, ``info``.
+"""The ``lowlight-fast`` command: ``enhance``, ``demo``, ``train``, ``benchmark``, ``evaluate``, ``export``,
+``info``.
 
 A thin shell: it parses the arguments, shows progress and turns errors into one-line messages and
 exit statuses (2: bad arguments, 1: some inputs failed). The work is the library's:
@@ -121,10 +122,12 @@ def cmd_enhance(args) -> int:
         _eprint(f"error: {exc}")
         return 2
     _setup_threads(args.threads)
+    from lowlight_fast.export_command import engine_enhancer
+
     try:
-        enhancer = Enhancer(args.model, args.weights, args.device, scale_factor=args.scale_factor or None,
-                            tile=args.tile or None)
-    except (ValueError, FileNotFoundError) as exc:
+        enhancer = engine_enhancer(args) or Enhancer(
+            args.model, args.weights, args.device, scale_factor=args.scale_factor or None, tile=args.tile or None)
+    except (ValueError, FileNotFoundError, ImportError) as exc:
         _eprint(f"error: {exc}")
         return 2
     t0 = time.perf_counter()
@@ -294,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lowlight_fast import video_command
 
     video_command.add_arguments(p)
+    from lowlight_fast import export_command
+
+    export_command.add_engine_arguments(p)
     p.set_defaults(func=cmd_enhance)
 
     p = sub.add_parser("demo", help="enhance the bundled samples and write a before/after contact sheet")
@@ -328,6 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
         "papers compute them, and no-reference figures (brightness, spread, colour cast, noise)."))
     evaluate_command.add_arguments(p)
     _add_device(p)
+    p = sub.add_parser("export", help="export a model to ONNX or torch.export, checked against PyTorch",
+                       description=("Export a model for deployment: an ONNX file (standard operators; input "
+                                    "'image' N x 3 x H x W float32 in [0, 1], output 'enhanced') or a "
+                                    "torch.export program, then run it on a random image against PyTorch."))
+    export_command.add_arguments(p)
 
     p = sub.add_parser("info", help="versions, compiled backends and devices")
     p.set_defaults(func=cmd_info)

@@ -184,6 +184,75 @@ class Enhancer:
                     tile = max(MIN_TILE, min(tile or max(h, w), max(h, w)) // 2)
 
 
+class OnnxEnhancer:
+    """The onnxruntime engine: an ONNX file written by :func:`lowlight_fast.export.export_onnx`, called
+    like an :class:`Enhancer` (a (B, 3, H, W) tensor in [0, 1] -> the enhanced image, float32, on the
+    CPU), so that an exported model can be checked on real photos (``enhance --engine onnxruntime``).
+
+    ``device``: auto (onnxruntime's CUDA provider when it has one, else the CPU), cpu, cuda or cuda:N.
+    ``threads``: onnxruntime's intra-op threads (default: its own choice). Never tiled. Attributes:
+    ``session``, ``name`` (the model named in the file's metadata, else the file's stem),
+    ``metadata`` (the file's lowlight_fast.* metadata, prefix removed), ``providers``.
+    Errors: FileNotFoundError (no such file), ValueError (not such a model, an unusable device),
+    :class:`lowlight_fast.export.MissingDependency` (onnxruntime not installed); an image the model
+    cannot take (another size than a static export's) raises RuntimeError when called.
+    """
+
+    def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None):
+        from lowlight_fast.export import INPUT_NAME, METADATA_PREFIX, require
+
+        ort = require("onnxruntime", "the onnxruntime engine")
+        path = Path(os.fspath(path))
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX model not found: {path}")
+        available = ort.get_available_providers()
+        name = str(device)
+        if name in ("auto", "cpu"):
+            use_cuda = name == "auto" and "CUDAExecutionProvider" in available
+            providers = (["CUDAExecutionProvider"] if use_cuda else []) + ["CPUExecutionProvider"]
+        elif name == "cuda" or name.startswith("cuda:"):
+            if "CUDAExecutionProvider" not in available:
+                raise ValueError(f"--device {name}: this onnxruntime has no CUDA provider (it has "
+                                 f"{', '.join(available)}); install onnxruntime-gpu or use --device cpu")
+            index = name.partition(":")[2] or "0"
+            providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+        else:
+            raise ValueError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # onnxruntime's own exception types: a corrupt or foreign file
+            reason = str(exc).strip()[:300]
+            raise ValueError(f"{path}: onnxruntime cannot load it as a model ({reason})") from None
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].type != "tensor(float)":
+            desc = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs)
+            raise ValueError(f"{path}: expected one float32 (N, 3, H, W) input (input {INPUT_NAME!r} of an "
+                             f"export by lowlight-fast export), got {desc or 'no inputs'}")
+        self._input = inputs[0].name
+        self._shape = inputs[0].shape  # ints where static, names where dynamic
+        self._output = self.session.get_outputs()[0].name
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.metadata = {k[len(METADATA_PREFIX):]: v for k, v in meta.items()
+                         if k.startswith(METADATA_PREFIX)}
+        self.name = self.metadata.get("model", path.stem)
+        self.providers = self.session.get_providers()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        _validate.check_image(x, "x", channels=3)
+        _validate.check_unit_range(x, "x")
+        wrong = [f"{axis} {got} (the model takes {want})" for axis, want, got in
+                 zip(("batch", "channels", "height", "width"), self._shape, x.shape)
+                 if isinstance(want, int) and want > 0 and got != want]
+        if wrong:
+            raise RuntimeError(f"this ONNX model was exported for fixed sizes (--static) and the image has "
+                               f"{', '.join(wrong)}; export it without --static to take any size")
+        data = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(self.session.run([self._output], {self._input: data})[0])
+
+
 # ------------------------------------------------------------------------------------------ files
 @dataclass
 class Inputs:

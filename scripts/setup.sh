@@ -16,8 +16,8 @@ if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
   .venv/bin/pip install -q "torch==${LOWLIGHT_FAST_TORCH:-2.13.0}"
 fi
 
-# Distribution names: the build tools, the dependencies of pyproject.toml and its test/triton/video extras.
-DEPS=(setuptools wheel ninja numpy pillow safetensors tqdm pytest pytest-benchmark pytest-timeout expecttest hypothesis scikit-image triton av)
+# Distribution names: the build tools, the dependencies of pyproject.toml and its test/triton/video/export extras.
+DEPS=(setuptools wheel ninja numpy pillow safetensors tqdm pytest pytest-benchmark pytest-timeout expecttest hypothesis scikit-image triton av onnx onnxscript onnxruntime)
 if ! "$VPY" - "${DEPS[@]}" <<'EOF'
 import sys
 from importlib import metadata

@@ -195,3 +195,20 @@ def _register_triton(kernels):
         backward=_shared_backward("le_curve_shared_triton_backward"),
         setup_context=_save_inputs,
     )
+
+
+# ---- export ----
+
+
+def export_decompositions() -> dict:
+    """This module's ops in plain PyTorch (:mod:`lowlight_fast.reference.curve`), for the exporters
+    that need standard operators: ``ExportedProgram.run_decompositions(table)`` replaces each op by
+    its reference, which is how :mod:`lowlight_fast.export` lowers them to ONNX. The Triton variants
+    are included once defined. The ops' own behaviour does not change."""
+    ops = torch.ops.lowlight_fast
+    table = {}
+    for name, fn in (("le_curve", reference.le_curve), ("le_curve_shared", reference.le_curve_shared)):
+        for variant in (name, f"{name}_triton"):
+            if hasattr(ops, variant):
+                table[getattr(ops, variant).default] = fn
+    return table
