@@ -23,7 +23,7 @@ from typing import Iterator
 
 import torch
 
-from lowlight_fast import _ext
+from lowlight_fast import _ext, _torch_compat
 
 ENV_VAR = "LOWLIGHT_FAST_BACKEND"
 CHOICES = ("auto", "reference", "cpp", "triton")
@@ -105,7 +105,7 @@ def wrap_triton(kernel):
     traces into. Named like torch's function because ``triton_op`` finds an op's kernels (for the
     torch.compile cache key) by looking for calls of that name in its launcher.
     """
-    if triton_interpreted():
+    if not _torch_compat.launch_through_wrap_triton(triton_interpreted()):
         return kernel
     return torch.library.wrap_triton(kernel)
 
@@ -139,6 +139,9 @@ def select(op: str, device: torch.device, *, has_triton: bool) -> str:
                 f"{op}: Triton cannot run on {device.type} tensors here "
                 "(install triton; for CPU tensors set TRITON_INTERPRET=1 before importing triton)"
             )
+        problem = _torch_compat.interpreter_problem() if device.type != "cuda" else None
+        if problem:
+            raise RuntimeError(f"{op}: {problem}")
         return "triton"
     cpp_ok = _ext.has_op(op) and (device.type == "cpu" or (device.type == "cuda" and _ext.build_info()["cuda"]))
     if want == "cpp":

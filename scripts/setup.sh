@@ -33,6 +33,16 @@ then
   .venv/bin/pip install -q "${DEPS[@]}"
 fi
 
+# Triton's interpreter before 3.7 fails with NumPy 2.4+ (lowlight_fast/_torch_compat.py says why): the
+# tests run Triton interpreted, so such a Triton (torch 2.11's) gets a NumPy it works with.
+rc=0
+"$VPY" -c "
+import runpy, sys
+sys.exit(1 if runpy.run_path('lowlight_fast/_torch_compat.py')['interpreter_problem']() else 0)" >/dev/null 2>&1 || rc=$?
+if [ "$rc" = 1 ]; then
+  .venv/bin/pip install -q "numpy<2.4"
+fi
+
 # Up to date: the stamp the last in-place build wrote matches the inputs now, and the installed package
 # is this checkout's, with both compiled modules importable (checked from / so that the checkout itself
 # is not on sys.path by accident).

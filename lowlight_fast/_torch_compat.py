@@ -1,0 +1,48 @@
+"""What differs between the torch and Triton versions we test, in one place.
+
+Tested: torch 2.13.0 (CPU build, Triton 3.9; CI) and torch 2.11.0 (CUDA 13 build, Triton 3.6; our GPU
+machine). benchmarks/RESULTS.md records the command and the result of the whole suite on each.
+
+- ``torch.library.wrap_triton`` of torch 2.11 rejects a kernel that runs under ``TRITON_INTERPRET=1``
+  ("wrap_triton only works on functions annotated with triton.jit"); 2.13 accepts it. Under the
+  interpreter our Triton ops are opaque custom ops that nothing traces into, so on every version the
+  launchers call an interpreted kernel directly (:func:`launch_through_wrap_triton`).
+- Triton's interpreter before 3.7 turns a kernel's integer argument into a one-element array and
+  converts it with ``int()``, which NumPy 2.4 refuses ("only 0-dimensional arrays can be converted to
+  Python scalars"): every kernel that loops over a runtime bound fails. Interpreted Triton on
+  Triton < 3.7 needs NumPy < 2.4 (:func:`interpreter_problem` says so; scripts/setup.sh installs it).
+  Compiled kernels on GPUs are not affected.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """``"2.11.0+cu130"`` -> ``(2, 11, 0)``."""
+    return tuple(int(p) for p in re.findall(r"\d+", version.split("+")[0])[:3])
+
+
+TORCH = version_tuple(torch.__version__)
+
+
+def launch_through_wrap_triton(interpreted: bool) -> bool:
+    """Whether Triton launchers go through ``torch.library.wrap_triton``: on GPUs, so that torch.compile
+    sees the kernels inside our ``triton_op``s; never under the interpreter (torch < 2.13 rejects
+    interpreted kernels there, and the interpreted ops are opaque anyway)."""
+    return not interpreted
+
+
+def interpreter_problem() -> str | None:
+    """Why Triton's interpreter cannot run our kernels with the installed versions, or None."""
+    try:
+        import numpy
+        import triton
+    except ImportError:
+        return None
+    if version_tuple(triton.__version__) < (3, 7) and version_tuple(numpy.__version__) >= (2, 4):
+        return (f"Triton {triton.__version__}'s interpreter fails with NumPy {numpy.__version__} (it converts "
+                "one-element arrays with int(), which NumPy 2.4 refuses): install numpy<2.4, or Triton 3.7 or newer")
+    return None
