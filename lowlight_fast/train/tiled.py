@@ -61,7 +61,7 @@ LOSS_HALO = POOL  # L_spa's neighbour cell (covers L_TV's next row/column)
 # Peak working set of one training step (forward + backward, float32) per pixel of the network's input
 # window and per image of the batch, from `python benchmarks/bench_train_tiled.py --bytes-per-pixel`
 # (benchmarks/RESULTS.md), rounded up generously. For --tile auto.
-TRAIN_BYTES_PER_PIXEL = {"zerodce": 4096, "zerodcepp": 2560}
+TRAIN_BYTES_PER_PIXEL = {"zerodce": 3072, "zerodcepp": 4608}
 MIN_AUTO_TILE = 64
 
 
@@ -90,8 +90,8 @@ class _Axis:
     n: int
 
     @classmethod
-    def of(cls, c0: int, c1: int, n: int, net_halo: int) -> "_Axis":
-        o0, o1 = max(0, c0 - LOSS_HALO), min(n, c1 + LOSS_HALO)
+    def of(cls, c0: int, c1: int, n: int, net_halo: int, loss_halo: int = LOSS_HALO) -> "_Axis":
+        o0, o1 = max(0, c0 - loss_halo), min(n, c1 + loss_halo)
         return cls(c0, c1, o0, o1, max(0, o0 - net_halo), min(n, o1 + net_halo), n)
 
     def out_in_window(self) -> slice:
@@ -192,6 +192,15 @@ class _Pieces:
         keep = (slice(None), slice(None), ay.out_in_window(), ax.out_in_window())
         return _full_precision(enhanced[keep]), _full_precision(maps[keep])
 
+    def enhanced_core(self, x: torch.Tensor, ay: _Axis, ax: _Axis) -> torch.Tensor:
+        """The enhanced image on the core of a tile whose axes have no loss margin, without gradients
+        (the model's inference path: channels-last convolutions on the CPU)."""
+        if self.global_map:
+            return self.outputs(x, ay, ax, grad=False)[0]
+        with self._autocast(x):
+            enhanced = self.model.enhance_image(x[:, :, ay.i0:ay.i1, ax.i0:ax.i1])
+        return enhanced[:, :, ay.out_in_window(), ax.out_in_window()]
+
     def finish(self) -> None:
         """Zero-DCE++ above scale factor 1: the one backward through the low-resolution network."""
         if self.global_map and self.low_leaf.grad is not None:
@@ -204,12 +213,10 @@ def _channel_means(pieces: _Pieces, x: torch.Tensor, spans_y, spans_x) -> torch.
     total = torch.zeros(b, 3, dtype=torch.float64, device=x.device)
     with torch.no_grad():
         for y0, y1 in spans_y:
-            ay = _Axis.of(y0, y1, h, pieces.net_halo)
+            ay = _Axis.of(y0, y1, h, pieces.net_halo, loss_halo=0)
             for x0, x1 in spans_x:
-                ax = _Axis.of(x0, x1, w, pieces.net_halo)
-                enhanced, _ = pieces.outputs(x, ay, ax, grad=False)
-                core = enhanced[:, :, ay.core_in_out(), ax.core_in_out()]
-                total += core.sum(dim=(2, 3), dtype=torch.float64)
+                ax = _Axis.of(x0, x1, w, pieces.net_halo, loss_halo=0)
+                total += pieces.enhanced_core(x, ay, ax).sum(dim=(2, 3), dtype=torch.float64)
     return (total / (h * w)).to(torch.float32 if x.dtype != torch.float64 else x.dtype)
 
 

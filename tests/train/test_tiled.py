@@ -29,6 +29,16 @@ CASES = [
 TILES = (16, 32)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One CPU thread: on these tiny tensors a second one only adds OpenMP's waiting (many times the
+    work on a loaded machine); the arithmetic compared is the same."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _model(name, kwargs, dtype):
     torch.manual_seed(3)
     model = registry.get(name).training(**kwargs).to(dtype)
