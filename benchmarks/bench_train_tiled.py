@@ -1,15 +1,16 @@
 """One Zero-DCE training step at photo sizes: time and peak memory, each in a fresh subprocess.
 
-    PYTHONPATH=$PWD python benchmarks/bench_train_tiled.py [--model zerodce] [--tile 256] [--keep-freed-memory]
+    PYTHONPATH=$PWD python benchmarks/bench_train_tiled.py [--model zerodce] [--tile 256] [--sizes HxW ...]
     PYTHONPATH=$PWD python benchmarks/bench_train_tiled.py --bytes-per-pixel   # tiled.TRAIN_BYTES_PER_PIXEL
 
 - ``original``: the original-style eager step (model with the reference curve, reference losses,
   ``LOWLIGHT_FAST_BACKEND=reference``), untiled: what the authors' code computes, as it computes it.
-- ``untiled``: ours, the fused ops, the whole image at once (``lowlight_fast.train.compute_gradients``'s work).
+- ``untiled``: ours, the fused ops, the whole image at once (what ``train.compute_gradients`` runs).
 - ``tiled``: ours in tiles (``lowlight_fast.train.tiled.compute_gradients_tiled``), the same gradients.
 
 A step is forward, loss and backward of one 1 x 3 x H x W image (the optimiser update, the same for all
-three and small, is left out), after one warm-up step. Peak memory is the child's peak RSS (VmHWM): the
+three and small, is left out), after one warm-up step (``--steps 0``: the warm-up step alone, for
+the large sizes on a slow machine). Peak memory is the child's peak RSS (VmHWM): the
 whole process, the interpreter and torch included. The 4K image is run tiled only (the untiled steps
 would need several times the memory and are not the point). Each child is a new process, so no
 allocation of one implementation is reused by another.
@@ -64,8 +65,7 @@ def _child(model_name: str, impl: str, h: int, w: int, tile: int, steps: int) ->
         for i in range(steps + 1):
             t0 = time.perf_counter()
             step()
-            if i:  # the first step is the warm-up
-                times.append(time.perf_counter() - t0)
+            times.append(time.perf_counter() - t0)  # times[0]: the warm-up
     return {"impl": impl, "h": h, "w": w, "tile": tile if impl == "tiled" else None, "times": times,
             "peak_rss": _peak_rss(), "rss_before_step": base, "threads": torch.get_num_threads()}
 
@@ -83,7 +83,8 @@ def _bytes_per_pixel(keep_freed: bool) -> None:
     for name in ("zerodce", "zerodcepp"):
         small, large = (_run_child(name, "untiled", s, s, 0, 1, keep_freed=keep_freed) for s in (384, 768))
         slope = (large["peak_rss"] - small["peak_rss"]) / (768 * 768 - 384 * 384)
-        print(f"{name}: {slope:.0f} bytes per pixel (peak RSS {small['peak_rss'] / 2**20:.0f} MiB at 384x384, "
+        print(f"{name}: {slope:.0f} bytes per pixel (peak RSS {small['peak_rss'] / 2**20:.0f} MiB at "
+              "384x384, "
               f"{large['peak_rss'] / 2**20:.0f} MiB at 768x768)")
 
 
@@ -91,7 +92,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="zerodce", choices=("zerodce", "zerodcepp"))
     p.add_argument("--tile", type=int, default=256)
-    p.add_argument("--steps", type=int, default=2, help="timed steps after the warm-up (default 2)")
+    p.add_argument("--steps", type=int, default=2,
+                   help="timed steps after the warm-up (default 2; 0: the warm-up step alone)")
     p.add_argument("--sizes", nargs="+", default=[f"{h}x{w}" for h, w in SHAPES], metavar="HxW",
                    help="image sizes (default 1080x1920 2160x3840); all three implementations at the first")
     p.add_argument("--keep-freed-memory", action="store_true",
@@ -118,7 +120,8 @@ def main() -> None:
         for impl in IMPLS if (h, w) == SHAPES[0] else ["tiled"]:
             r = _run_child(args.model, impl, h, w, args.tile, args.steps, keep_freed=args.keep_freed_memory)
             label = f"tiled {args.tile}" if impl == "tiled" else impl
-            times = ", ".join(f"{t:.2f}" for t in r["times"])
+            timed = r["times"][1:]
+            times = ", ".join(f"{t:.1f}" for t in timed) if timed else f"{r['times'][0]:.1f} (the warm-up)"
             print(f"| 1x3x{h}x{w} | {label} | {times} | {r['peak_rss'] / 2**20:.0f} |", flush=True)
 
 

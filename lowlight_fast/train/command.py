@@ -66,7 +66,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _tile(text: str) -> int | str:
-    """--tile's argparse type: a positive integer or "auto" (the multiple of 16 is checked with the config)."""
+    """--tile's argparse type: a positive integer or "auto" (validate_config checks the multiple of 16)."""
     if text.strip().lower() == "auto":
         return "auto"
     try:

@@ -162,7 +162,8 @@ class _Pieces:
         from lowlight_fast.models.zerodcepp import ZeroDCEPlusPlus
 
         if not isinstance(model, (ZeroDCE, ZeroDCEPlusPlus)):
-            raise TrainingError(f"tiled training supports Zero-DCE and Zero-DCE++, not {type(model).__name__} "
+            raise TrainingError("tiled training supports Zero-DCE and Zero-DCE++, not "
+                                f"{type(model).__name__} "
                                 "(SCI's BatchNorm needs the statistics of whole images)")
         model._check_input(x)
         self.model = model
@@ -180,7 +181,8 @@ class _Pieces:
     def _autocast(self, x: torch.Tensor):
         return torch.autocast(x.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
-    def outputs(self, x: torch.Tensor, ay: _Axis, ax: _Axis, *, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def outputs(self, x: torch.Tensor, ay: _Axis, ax: _Axis, *,
+                grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
         if self.global_map:
             low = self.low_leaf if grad else self.low_leaf.detach()
             a = _upsample_window(low, self.padded_size, ay, ax)
@@ -277,9 +279,8 @@ def compute_gradients_tiled(
             low = x[:, :, ay.o0:ay.o1, ax.o0:ax.o1]
             pooled_enhanced, pooled_low, _ = pooled_stats(enhanced.to(x.dtype), low)
             spa = spa_norm * _spa_sum(_own_cells(pooled_enhanced - pooled_low, ay, ax))
-            (_, cy0, cy1), (_, cx0, cx1) = ay.cells(), ax.cells()
-            fy, fx = ay.cells()[0], ax.cells()[0]
-            own = pooled_enhanced[..., cy0 - fy:cy1 - fy, cx0 - fx:cx1 - fx]
+            (fy, cy0, cy1), (fx, cx0, cx1) = ay.cells(), ax.cells()
+            own = pooled_enhanced[..., cy0 - fy:cy1 - fy, cx0 - fx:cx1 - fx]  # the core's cells
             patches = torch.nn.functional.avg_pool2d(own, ALIGN // POOL)
             exp = exp_norm * ((patches - reference.EXP_MEAN) ** 2).sum()
             col_grad = (enhanced[:, :, core_y, core_x] * g_pixel).sum()  # its gradient is L_color's

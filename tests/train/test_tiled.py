@@ -100,7 +100,8 @@ def test_tiled_gradients_equal_untiled_float32(name, kwargs, size):
     _check_case(name, kwargs, size, torch.float32, TILES, 1e-5)
 
 
-@pytest.mark.parametrize("name,kwargs", [("zerodce", {}), ("zerodcepp", {}), ("zerodcepp", {"scale_factor": 4})])
+@pytest.mark.parametrize("name,kwargs", [("zerodce", {}), ("zerodcepp", {}),
+                                         ("zerodcepp", {"scale_factor": 4})])
 def test_tiled_gradients_equal_untiled_on_the_triton_path(name, kwargs):
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1 (tests/conftest.py sets it)")
@@ -212,3 +213,16 @@ def test_sci_with_tiles_is_a_clear_error(cli_main, tmp_path, odd_data):
     status, err = cli_main("train", "sci", odd_data, "-o", tmp_path / "sci", "--steps", 1, "--tile", 64, "-q")
     assert status == 2 and "SCI cannot be trained in tiles" in err and "BatchNorm" in err
     assert "Traceback" not in err
+
+
+def test_tiles_with_mixed_precision(cli_main, tmp_path, odd_data):
+    """--amp (bfloat16 on the CPU) with --tile: the same loss as the untiled --amp run, to bfloat16's
+    precision."""
+    logs = {}
+    for name, extra in (("whole", []), ("tiled", ["--tile", 16])):
+        out = tmp_path / name
+        assert cli_main(*_train_args("zerodce", odd_data, out, 1, "--amp", *extra))[0] == 0
+        rows = (out / "train_log.csv").read_text().splitlines()
+        logs[name] = dict(zip(rows[0].split(","), map(float, rows[-1].split(","))))
+    for k in ("loss", "tv", "spa", "col", "exp"):
+        assert abs(logs["tiled"][k] - logs["whole"][k]) <= 0.05 * abs(logs["whole"][k]), k
