@@ -32,7 +32,9 @@ class TrainConfig:
     stages: int = 3            # SCI only
     sci_ycbcr: str = "faithful"  # SCI only: the SmoothLoss colour conversion, "faithful" or "per_pixel"
     amp: bool = False
-    tile: int | str = 0        # Zero-DCE/++: forward and backward in N x N tiles (0: whole images; "auto")
+    # Zero-DCE/++: forward and backward in N x N tiles (0: whole images; "auto"). Not one of RUN_KEYS:
+    # the gradients are those of whole images, so a resumed run may use another tile size, or none.
+    tile: int | str = 0
     device: str = "auto"
     checkpoint_every: int = 200
     workers: int = 0
