@@ -50,6 +50,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="seed for initialisation, order and crops (default 0)")
     p.add_argument("--amp", action="store_true", default=None,
                    help="mixed precision (float16 + grad scaling on CUDA, bfloat16 on CPU)")
+    p.add_argument("--tile", type=_tile, default=None, metavar="N|auto", help=(
+        "Zero-DCE/Zero-DCE++: forward and backward in N x N tiles (N a multiple of 16) with the exact "
+        "gradients of whole images, in memory bounded by N; auto: the largest tile that fits in the free "
+        "memory (whole images when they fit). Default: whole images"))
     p.add_argument("--checkpoint-every", type=int, default=None, metavar="N", help="default 200 steps")
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
                    help="continue from CHECKPOINT (default: OUT/checkpoint.pt) exactly where it stopped")
@@ -59,6 +63,19 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="CPU threads for torch (default: torch's default)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+
+def _tile(text: str) -> int | str:
+    """--tile's argparse type: a positive integer or "auto" (validate_config checks the multiple of 16)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a tile size in pixels or auto, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
 
 
 def cmd_train(args) -> int:

@@ -32,6 +32,9 @@ class TrainConfig:
     stages: int = 3            # SCI only
     sci_ycbcr: str = "faithful"  # SCI only: the SmoothLoss colour conversion, "faithful" or "per_pixel"
     amp: bool = False
+    # Zero-DCE/++: forward and backward in N x N tiles (0: whole images; "auto"). Not one of RUN_KEYS:
+    # the gradients are those of whole images, so a resumed run may use another tile size, or none.
+    tile: int | str = 0
     device: str = "auto"
     checkpoint_every: int = 200
     workers: int = 0
@@ -64,5 +67,24 @@ def validate_config(cfg: TrainConfig) -> None:
         if not ok:
             bound = "a positive" if strict else "a non-negative"
             raise TrainingError(f"--{name.replace('_', '-')} must be {bound} finite number, got {v}")
+    _validate_tile(cfg)
     if cfg.size and cfg.crop:
         raise TrainingError("--size and --crop exclude each other (crops are taken from full-size images)")
+
+
+def _validate_tile(cfg: TrainConfig) -> None:
+    from lowlight_fast.reference.zerodce_losses import EXP_PATCH
+
+    tile = cfg.tile
+    if tile in (0, None):
+        return
+    if cfg.model == "sci":
+        raise TrainingError(
+            "--tile: SCI cannot be trained in tiles (its BatchNorm layers normalise with the statistics of "
+            "the whole batch, so no pixel's gradient is local); train SCI on whole images, or on --crop N "
+            "crops to bound the memory")
+    if tile == "auto":
+        return
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < EXP_PATCH or tile % EXP_PATCH:
+        raise TrainingError(f"--tile must be a multiple of {EXP_PATCH} (the exposure loss's patch), or auto; "
+                            f"got {tile!r}")

@@ -86,7 +86,13 @@ def apply_update(run: "Run", values: dict[str, float]) -> None:
 
 
 def train_step(run: "Run", batch: torch.Tensor) -> dict[str, float]:
-    """One optimiser step on ``batch``; returns the loss and its terms."""
-    values = compute_gradients(run, batch)
+    """One optimiser step on ``batch``; returns the loss and its terms. With ``cfg.tile`` the gradients
+    are computed in tiles (lowlight_fast.train.tiled), exactly."""
+    if run.cfg.tile:
+        from lowlight_fast.train.tiled import compute_run_gradients_tiled
+
+        values = compute_run_gradients_tiled(run, batch)
+    else:
+        values = compute_gradients(run, batch)
     apply_update(run, values)
     return values
