@@ -60,9 +60,60 @@ def _conv(inputs, weight, bias):
     return y
 
 
+def _backward(acts, grad_out, needs, n_params, part_backward):
+    """The trunk's backward, shared by both models. acts: [x, x1..x6] (freed here as they are used);
+    grad_out: the gradient of layer 7's output; needs: ctx.needs_input_grad; part_backward(k, j, g, a,
+    need_in) -> (grad of the part's input or None, {parameter index: (grad, cat dim or None)}) for
+    part j of layer k (0-based) with output gradient g. Returns the gradients of (x, *params).
+
+    Order, for the least memory at once: each layer's parts from the last (the previous layer's output)
+    to the first; an activation is masked into its layer's output gradient, and freed, as soon as its
+    last consumer is done. The skip part of layer 7 (reading x1) waits until x1's gradient is needed:
+    its output gradient is held by the autograd engine until this backward returns anyway, while the
+    x1 gradient it makes would be held through the whole backward."""
+    per = n_params // 7
+    grad_act = [None] * 7
+    pieces: dict[int, list] = {}
+    deferred = {}
+
+    def run(k, j, g):
+        i = _INPUTS[k][j]
+        need_in = i > 0 or needs[0]
+        gin, pgrads = part_backward(k, j, g, acts[i], need_in)
+        for idx, (grad, dim) in pgrads.items():
+            pieces.setdefault(idx, []).append((j, grad, dim))
+        if gin is not None:
+            grad_act[i] = gin if grad_act[i] is None else grad_act[i].add_(gin)
+
+    g = grad_out
+    for k in range(6, -1, -1):
+        src = _INPUTS[k]
+        for j in range(len(src) - 1, -1, -1):
+            if k == 6 and j < len(src) - 1:
+                deferred[src[j]] = (k, j)
+                continue
+            run(k, j, g)
+        g = None
+        if k in deferred:
+            kk, jj = deferred.pop(k)
+            run(kk, jj, grad_out)
+        if k == 0:
+            break
+        g = _relu_mask_(grad_act[k], acts[k])
+        grad_act[k] = None
+        acts[k] = None  # its last consumer is done
+    grads = [grad_act[0]] + [None] * n_params
+    for idx, ps in pieces.items():
+        ps.sort(key=lambda p: p[0])
+        dim = ps[0][2]
+        grads[1 + idx] = ps[0][1] if dim is None or len(ps) == 1 else torch.cat([p[1] for p in ps], dim)
+    assert len(grads) == 1 + 7 * per
+    return tuple(grads)
+
+
 class ZeroDCETrunk(torch.autograd.Function):
-    """``tanh(trunk(x))`` of Zero-DCE: x (B, 3, H, W) and the 14 parameters ``e_conv1.weight``,
-    ``e_conv1.bias``, ..., ``e_conv7.bias`` in that order; returns r (B, 24, H, W)."""
+    """``trunk(x)`` of Zero-DCE before tanh: x (B, 3, H, W) and the 14 parameters ``e_conv1.weight``,
+    ``e_conv1.bias``, ..., ``e_conv7.bias`` in that order; returns conv7's output (B, 24, H, W)."""
 
     @staticmethod
     def forward(ctx, x, *params):
@@ -70,46 +121,35 @@ class ZeroDCETrunk(torch.autograd.Function):
         acts = [x]
         for k, (src, w, b) in enumerate(zip(_INPUTS, weights, biases)):
             y = _conv([acts[i] for i in src], w, b)
-            acts.append(y.relu_() if k < 6 else y.tanh_())
-        r = acts.pop()
-        ctx.save_for_backward(x, r, *params)
+            acts.append(y.relu_() if k < 6 else y)
+        out = acts.pop()
+        ctx.save_for_backward(x, *params)
         ctx.acts = acts[1:]  # intermediates (neither inputs nor outputs): freed one by one in backward
-        return r
+        return out
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_r):
-        x, r, *params = ctx.saved_tensors
+    def backward(ctx, grad_out):
+        x, *params = ctx.saved_tensors
         acts = [x] + ctx.acts
         del ctx.acts
-        weights = params[0::2]
         needs = ctx.needs_input_grad
-        grads = [None] * 15  # x, then weight and bias of each layer
-        grad_act = [None] * 7  # accumulated gradients of the layers' outputs
-        g = torch.ops.aten.tanh_backward(grad_r, r)
-        for k in range(6, -1, -1):
-            if k < 6:
-                g = _relu_mask_(grad_act[k + 1], acts[k + 1])
-                grad_act[k + 1] = None
-                acts[k + 1] = None  # its last use: conv k+2 (below) and this mask are done with it
-            src = _INPUTS[k]
-            w_parts = _split(weights[k], len(src))
-            gw_parts = []
-            for j, (i, w) in enumerate(zip(src, w_parts)):
-                need_in = i > 0 or needs[0]
-                mask = [need_in, needs[1 + 2 * k], j == 0 and needs[2 + 2 * k]]
-                gin, gw, gb = _conv_backward(g, acts[i], w, [w.shape[0]] if mask[2] else None,
-                                             [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask)
-                gw_parts.append(gw)
-                if j == 0:
-                    grads[2 + 2 * k] = gb
-                if need_in:
-                    grad_act[i] = gin if grad_act[i] is None else grad_act[i].add_(gin)
-            if needs[1 + 2 * k]:
-                grads[1 + 2 * k] = gw_parts[0] if len(gw_parts) == 1 else torch.cat(gw_parts, 1)
-            g = None
-        grads[0] = grad_act[0]
-        return tuple(grads)
+
+        def part_backward(k, j, g, a, need_in):
+            n = len(_INPUTS[k])
+            w = _split(params[2 * k], n)[j]
+            need_w = needs[1 + 2 * k]
+            need_b = j == n - 1 and needs[2 + 2 * k]  # the bias once, with the part done first
+            gin, gw, gb = _conv_backward(g, a, w, [w.shape[0]] if need_b else None,
+                                         [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [need_in, need_w, need_b])
+            out = {}
+            if need_w:
+                out[2 * k] = (gw, 1)
+            if need_b:
+                out[2 * k + 1] = (gb, None)
+            return gin, out
+
+        return _backward(acts, grad_out, needs, len(params), part_backward)
 
 
 # ---- Zero-DCE++: depthwise 3x3 + pointwise 1x1 ---------------------------------------------------
@@ -153,46 +193,25 @@ class DepthwiseSeparableTrunk(torch.autograd.Function):
         acts = [x] + ctx.acts
         del ctx.acts
         needs = ctx.needs_input_grad
-        grads = [None] * 29
-        grad_act = [None] * 7
-        g = grad_out
-        for k in range(6, -1, -1):
-            if k < 6:
-                g = _relu_mask_(grad_act[k + 1], acts[k + 1])
-                grad_act[k + 1] = None
-                acts[k + 1] = None
-            src = _INPUTS[k]
-            n = len(src)
-            wd, bd, wp, _ = params[4 * k: 4 * k + 4]
-            nwd, nbd, nwp, nbp = needs[1 + 4 * k: 5 + 4 * k]
-            wds, bds, wps = wd.chunk(n, 0), bd.chunk(n, 0), _split(wp, n)
-            parts = {"wd": [], "bd": [], "wp": []}
-            for j, i in enumerate(src):
-                a = acts[i]
-                d = _depthwise(a, wds[j], bds[j])  # recomputed: not kept from the forward
-                need_bp = j == 0 and nbp
-                gd, gwp, gbp = _conv_backward(g, d, wps[j], [wps[j].shape[0]] if need_bp else None,
-                                              [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, nwp, need_bp])
-                del d
-                if need_bp:
-                    grads[4 + 4 * k] = gbp
-                need_in = i > 0 or needs[0]
-                gin, gwd, gbd = _conv_backward(gd, a, wds[j], [wds[j].shape[0]] if nbd else None,
-                                               [1, 1], [1, 1], [1, 1], False, [0, 0], a.shape[1],
-                                               [need_in, nwd, nbd])
-                del gd
-                parts["wd"].append(gwd)
-                parts["bd"].append(gbd)
-                parts["wp"].append(gwp)
-                if need_in:
-                    grad_act[i] = gin if grad_act[i] is None else grad_act[i].add_(gin)
-            for idx, key, need, dim in ((1, "wd", nwd, 0), (2, "bd", nbd, 0), (3, "wp", nwp, 1)):
+
+        def part_backward(k, j, g, a, need_in):
+            n = len(_INPUTS[k])
+            wd, bd, wp = params[4 * k].chunk(n, 0)[j], params[4 * k + 1].chunk(n, 0)[j], _split(params[4 * k + 2], n)[j]
+            nwd, nbd, nwp = needs[1 + 4 * k: 4 + 4 * k]
+            nbp = j == n - 1 and needs[4 + 4 * k]
+            d = _depthwise(a, wd, bd)  # recomputed: not kept from the forward
+            gd, gwp, gbp = _conv_backward(g, d, wp, [wp.shape[0]] if nbp else None,
+                                          [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, nwp, nbp])
+            del d
+            gin, gwd, gbd = _conv_backward(gd, a, wd, [wd.shape[0]] if nbd else None,
+                                           [1, 1], [1, 1], [1, 1], False, [0, 0], a.shape[1], [need_in, nwd, nbd])
+            out = {}
+            for idx, grad, need, dim in ((0, gwd, nwd, 0), (1, gbd, nbd, 0), (2, gwp, nwp, 1), (3, gbp, nbp, None)):
                 if need:
-                    ps = parts[key]
-                    grads[idx + 4 * k] = ps[0] if n == 1 else torch.cat(ps, dim)
-            g = None
-        grads[0] = grad_act[0]
-        return tuple(grads)
+                    out[4 * k + idx] = (grad, dim)
+            return gin, out
+
+        return _backward(acts, grad_out, needs, len(params), part_backward)
 
 
 # ---- entry points for the models -----------------------------------------------------------------
@@ -224,7 +243,7 @@ def split_trunk(m, x: torch.Tensor, separable: bool = False) -> torch.Tensor:
 def zerodce_curve_maps(m, x: torch.Tensor) -> torch.Tensor:
     """Zero-DCE's tanh-bounded 24-channel map r for training (gradients recorded)."""
     if _is_plain(x):
-        return ZeroDCETrunk.apply(x, *_layer_params(m, False))
+        return ZeroDCETrunk.apply(x, *_layer_params(m, False)).tanh_()
     return torch.tanh(split_trunk(m, x))
 
 
