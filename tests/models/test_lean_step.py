@@ -13,11 +13,11 @@ from lowlight_fast.models.zerodcepp import ZeroDCEPlusPlus
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 
-def _close(got, want, rel, what):
+def _close(got, want, rel, what, scale=None):
     assert got is not None and want is not None, what
     assert got.shape == want.shape, what
     err = (got - want).abs().max().item()
-    scale = want.abs().max().item()
+    scale = want.abs().max().item() if scale is None else scale
     assert err <= rel * max(scale, 1e-30), f"{what}: max error {err:.3g}, max value {scale:.3g}"
 
 
@@ -150,3 +150,45 @@ def test_no_grad_forward_and_enhance_image_are_unchanged():
     with torch.no_grad():
         _close(lean(x)[2], ref(x)[2], 1e-5, "r without gradients")
     _close(lean.enhance_image(x), ref.enhance_image(x), 1e-5, "enhance_image")
+
+
+def _sci_forward_loss(model, criterion, x):
+    """The original ``_loss``: the criterion summed over the stages of ``forward``."""
+    i_list, _, in_list, _ = model(x)
+    loss = 0
+    for k in range(model.stage):
+        loss = loss + criterion(in_list[k], i_list[k])
+    return loss
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("stage", [3, 1])
+def test_sci_loss_equals_the_criterion_over_forward(stage, train):
+    """SCINetwork._loss: the same loss, gradients (parameters and input) and BatchNorm running
+    statistics as the original's loss over every stage of forward."""
+    from lowlight_fast.losses import LossFunction
+    from lowlight_fast.models.sci import SCINetwork
+
+    torch.manual_seed(7)
+    ref = SCINetwork(stage=stage).double().train(train)
+    lean = SCINetwork(stage=stage).double().train(train)
+    lean.load_state_dict(ref.state_dict())
+    x = torch.rand(2, 3, 13, 18, dtype=torch.float64) * 0.6 + 0.02
+    criterion = LossFunction()
+    lean._criterion = criterion
+    xr, xl = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    want = _sci_forward_loss(ref, criterion, xr)
+    got = lean._loss(xl)
+    want.backward()
+    got.backward()
+    _close(got.detach(), want.detach(), 1e-10, "loss")
+    _close(xl.grad, xr.grad, 1e-10, "input gradient")
+    # conv biases before a BatchNorm have a zero gradient up to rounding: compare to the largest one
+    scale = max(q.grad.abs().max().item() for q in ref.parameters() if q.grad is not None)
+    for (name, p), q in zip(lean.named_parameters(), ref.parameters()):
+        if q.grad is None:  # stage=1: the self-calibration does not reach the loss
+            assert p.grad is None, name
+            continue
+        _close(p.grad, q.grad, 1e-10, f"gradient of {name}", scale=scale)
+    for (name, b), c in zip(lean.named_buffers(), ref.buffers()):
+        assert torch.equal(b, c), name
