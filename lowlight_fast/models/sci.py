@@ -10,6 +10,8 @@ aliases are filled from the present ones).
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -117,15 +119,29 @@ class SCINetwork(EnhancementModel):
         return ilist, rlist, inlist, attlist
 
     def _loss(self, input: torch.Tensor) -> torch.Tensor:
-        """Sum over stages of LossFunction(stage input, illumination) (1.5 MSE + SmoothLoss)."""
+        """Sum over stages of LossFunction(stage input, illumination) (1.5 MSE + SmoothLoss).
+
+        The same value, gradients and BatchNorm statistics as the criterion over ``forward``'s lists,
+        with less memory: the last stage's self-calibration (whose output no loss term reads) runs
+        without recording gradients, for its BatchNorm running statistics only, and nothing is kept
+        for the reflectances and attention maps that the loss does not use."""
         if self._criterion is None:
             from lowlight_fast.losses import LossFunction
 
             self._criterion = LossFunction()
-        i_list, _, in_list, _ = self(input)
+        self._check_input(input, "input")
         loss = 0
+        input_op = input
         for k in range(self.stage):
-            loss = loss + self._criterion(in_list[k], i_list[k])
+            i = self.enhance(input_op)
+            loss = loss + self._criterion(input_op, i)
+            last = k == self.stage - 1
+            if last and not any(m.training for m in self.calibrate.modules()):
+                break  # no running statistics to update either
+            with torch.no_grad() if last else contextlib.nullcontext():
+                att = self.calibrate(torch.clamp(input / i, 0, 1))
+            if not last:
+                input_op = input + att
         return loss
 
     @torch.no_grad()

@@ -15,13 +15,16 @@ from lowlight_fast.models._common import (
     inference_layout,
     init_conv_normal_,
 )
+from lowlight_fast.models import lean_trunk
 
 
 class ZeroDCE(EnhancementModel):
     """Zero-DCE. ``forward(x)`` returns ``(image_after_4_steps, image_after_8_steps, r)`` like the original.
 
-    ``fused=True`` applies the 8 curve steps with the fused op (one pass, recomputing backward);
-    ``fused=False`` with the plain-PyTorch reference.
+    ``fused=True`` applies the 8 curve steps with the fused op (one pass, recomputing backward) and,
+    when gradients are recorded, runs the trunk as one lean autograd node
+    (:mod:`lowlight_fast.models.lean_trunk`: no concatenations, only the ReLU outputs kept);
+    ``fused=False`` runs the plain-PyTorch reference (curve and trunk).
     """
 
     def __init__(self, fused: bool = True) -> None:
@@ -43,7 +46,10 @@ class ZeroDCE(EnhancementModel):
 
     def forward(self, x: torch.Tensor):
         self._check_input(x)
-        r = self.curve_maps(x)
+        if self.fused and torch.is_grad_enabled():
+            r = lean_trunk.zerodce_curve_maps(self, x)
+        else:
+            r = self.curve_maps(x)
         enhanced_4, enhanced_8 = curve_ops(self.fused).le_curve(x, r)
         return enhanced_4, enhanced_8, r
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lowlight_fast.models import lean_trunk
 from lowlight_fast.models._common import EnhancementModel, curve_ops, dce_trunk, inference_layout
 
 
@@ -53,10 +54,16 @@ class ZeroDCEPlusPlus(EnhancementModel):
 
     def curve_map(self, x: torch.Tensor, *, inference: bool = False) -> torch.Tensor:
         """The 3-channel curve map at the working resolution (H/s, W/s), tanh-bounded. ``inference``:
-        the convolutions run channels-last on the CPU (2x faster at 1080p, scale factor 1)."""
+        the convolutions run channels-last on the CPU (2x faster at 1080p, scale factor 1). Training
+        (``fused=True``, gradients recorded) runs the trunk as one lean autograd node
+        (:mod:`lowlight_fast.models.lean_trunk`)."""
         s = self.scale_factor
         x_down = x if s == 1 else F.interpolate(x, scale_factor=1 / s, mode="bilinear")
-        return torch.tanh(dce_trunk(self, inference_layout(x_down) if inference else x_down))
+        if inference:
+            return torch.tanh(dce_trunk(self, inference_layout(x_down)))
+        if getattr(self, "fused", False) and torch.is_grad_enabled():  # compat's originals have no ``fused``
+            return torch.tanh(lean_trunk.zerodcepp_trunk(self, x_down))
+        return torch.tanh(dce_trunk(self, x_down))
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         s = self.scale_factor

@@ -1,0 +1,194 @@
+"""The lean training forward (lowlight_fast.models.lean_trunk) against the plain reference trunk:
+same outputs, same gradients of every parameter and of the input."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lowlight_fast.models import lean_trunk
+from lowlight_fast.models._common import dce_trunk
+from lowlight_fast.models.zerodce import ZeroDCE
+from lowlight_fast.models.zerodcepp import ZeroDCEPlusPlus
+
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+def _close(got, want, rel, what, scale=None):
+    assert got is not None and want is not None, what
+    assert got.shape == want.shape, what
+    err = (got - want).abs().max().item()
+    scale = want.abs().max().item() if scale is None else scale
+    assert err <= rel * max(scale, 1e-30), f"{what}: max error {err:.3g}, max value {scale:.3g}"
+
+
+def _previous_path(monkeypatch):
+    """The code before the lean trunk: the fused curve over the plain (concatenating) trunk."""
+    monkeypatch.setattr(lean_trunk, "zerodce_curve_maps", lambda m, x: torch.tanh(dce_trunk(m, x)))
+    monkeypatch.setattr(lean_trunk, "zerodcepp_trunk", dce_trunk)
+
+
+def _pair(make, dtype, seed, fused_reference=False):
+    torch.manual_seed(seed)
+    ref = make(fused_reference).to(dtype)
+    with torch.no_grad():  # every ReLU sees both signs; activations stay of order 1 (well conditioned)
+        for p in ref.parameters():
+            p.normal_(0, 1.0 / p[0].numel() ** 0.5 if p.dim() > 1 else 0.1)
+    lean = make(True).to(dtype)
+    lean.load_state_dict(ref.state_dict())
+    return ref, lean
+
+
+def _run(model, x, projections):
+    x = x.clone().requires_grad_(True)
+    outs = model(x)
+    loss = sum((o * p).sum() for o, p in zip(outs, projections))
+    loss.backward()
+    return outs, x.grad, {n: p.grad for n, p in model.named_parameters()}
+
+
+def _check_model(make, shape, dtype, monkeypatch, reference, seed=0):
+    """reference: "plain" = fused=False (plain curve and trunk), "previous" = the fused curve over the
+    plain trunk (isolates the trunk's rounding from the curve's in float32)."""
+    ref, lean = _pair(make, dtype, seed, fused_reference=reference == "previous")
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.rand(shape, generator=g, dtype=dtype)
+    with torch.no_grad():
+        shapes = [o.shape for o in ref(x)]
+    projections = [torch.randn(s, generator=g, dtype=dtype) for s in shapes]
+    with monkeypatch.context() as mp:
+        if reference == "previous":
+            _previous_path(mp)
+        outs_r, gx_r, gp_r = _run(ref, x, projections)
+    outs_l, gx_l, gp_l = _run(lean, x, projections)
+    rel = TOL[dtype]
+    for i, (a, b) in enumerate(zip(outs_l, outs_r)):
+        _close(a, b, rel, f"output {i}")
+    _close(gx_l, gx_r, rel, "input gradient")
+    assert gp_l.keys() == gp_r.keys()
+    for name in gp_r:
+        _close(gp_l[name], gp_r[name], rel, f"gradient of {name}")
+
+
+CASES = [(torch.float64, "plain"), (torch.float64, "previous"), (torch.float32, "previous")]
+CASE_IDS = ["f64-plain", "f64-previous", "f32-previous"]
+
+
+@pytest.mark.parametrize("dtype,reference,shape", [c + ((2, 3, 17, 23),) for c in CASES]
+                         + [(torch.float64, "plain", (1, 3, 8, 5))], ids=[i + "-2x17x23" for i in CASE_IDS]
+                         + ["f64-plain-1x8x5"])
+def test_zerodce_lean_step_equals_reference(shape, dtype, reference, monkeypatch):
+    _check_model(lambda fused: ZeroDCE(fused=fused), shape, dtype, monkeypatch, reference)
+
+
+@pytest.mark.parametrize("dtype,reference", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("scale,shape", [(1, (2, 3, 17, 23)), (4, (2, 3, 37, 42))], ids=["s1-2x17x23", "s4-2x37x42"])
+def test_zerodcepp_lean_step_equals_reference(scale, shape, dtype, reference, monkeypatch):
+    _check_model(lambda fused: ZeroDCEPlusPlus(scale_factor=scale, fused=fused), shape, dtype, monkeypatch,
+                 reference)
+
+
+@pytest.mark.parametrize("separable", [False, True], ids=["zerodce", "zerodcepp"])
+def test_split_trunk_equals_the_concatenating_trunk(separable):
+    """The autocast/compile path: autograd over the split convolutions."""
+    torch.manual_seed(3)
+    m = (ZeroDCEPlusPlus(fused=False) if separable else ZeroDCE(fused=False)).double()
+    x = torch.rand(2, 3, 11, 13, dtype=torch.float64, requires_grad=True)
+    want = dce_trunk(m, x)
+    gw = torch.autograd.grad(want.square().sum(), [x, *m.parameters()])
+    got = lean_trunk.split_trunk(m, x, separable=separable)
+    gg = torch.autograd.grad(got.square().sum(), [x, *m.parameters()])
+    _close(got, want, 1e-10, "trunk output")
+    for i, (a, b) in enumerate(zip(gg, gw)):
+        _close(a, b, 1e-10, f"gradient {i}")
+
+
+@pytest.mark.parametrize("make", [lambda: ZeroDCE(), lambda: ZeroDCEPlusPlus(scale_factor=1)],
+                         ids=["zerodce", "zerodcepp"])
+def test_frozen_parameters_and_an_input_without_gradient(make):
+    """Only what needs a gradient gets one: the usual training step (the image needs none) with the
+    first layer frozen."""
+    torch.manual_seed(4)
+    lean = make().double()
+    ref = type(lean)(**({"scale_factor": 1} if isinstance(lean, ZeroDCEPlusPlus) else {}), fused=False).double()
+    ref.load_state_dict(lean.state_dict())
+    for m in (lean, ref):
+        for p in m.e_conv1.parameters():
+            p.requires_grad_(False)
+    x = torch.rand(2, 3, 9, 14, dtype=torch.float64)
+    for m in (lean, ref):
+        sum(o.sum() for o in m(x)).backward()
+    for (name, p), q in zip(lean.named_parameters(), ref.parameters()):
+        if name.startswith("e_conv1."):
+            assert p.grad is None and q.grad is None
+        else:
+            _close(p.grad, q.grad, 1e-10, name)
+
+
+@pytest.mark.parametrize("make", [lambda f: ZeroDCE(fused=f), lambda f: ZeroDCEPlusPlus(scale_factor=1, fused=f)],
+                         ids=["zerodce", "zerodcepp"])
+def test_autocast_training_forward_matches_the_reference_under_autocast(make):
+    torch.manual_seed(5)
+    ref, lean = make(False), make(True)
+    lean.load_state_dict(ref.state_dict())
+    x = torch.rand(2, 3, 16, 16)
+    grads = []
+    for m in (ref, lean):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = m(x)
+        sum(o.float().sum() for o in out).backward()
+        grads.append([p.grad for p in m.parameters()])
+    for a, b in zip(*grads):
+        assert torch.isfinite(a).all()
+        _close(a.float(), b.float(), 5e-2, "autocast gradient")
+
+
+def test_no_grad_forward_and_enhance_image_are_unchanged():
+    torch.manual_seed(6)
+    ref, lean = ZeroDCE(fused=False), ZeroDCE()
+    lean.load_state_dict(ref.state_dict())
+    x = torch.rand(1, 3, 12, 10)
+    with torch.no_grad():
+        _close(lean(x)[2], ref(x)[2], 1e-5, "r without gradients")
+    _close(lean.enhance_image(x), ref.enhance_image(x), 1e-5, "enhance_image")
+
+
+def _sci_forward_loss(model, criterion, x):
+    """The original ``_loss``: the criterion summed over the stages of ``forward``."""
+    i_list, _, in_list, _ = model(x)
+    loss = 0
+    for k in range(model.stage):
+        loss = loss + criterion(in_list[k], i_list[k])
+    return loss
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("stage", [3, 1])
+def test_sci_loss_equals_the_criterion_over_forward(stage, train):
+    """SCINetwork._loss: the same loss, gradients (parameters and input) and BatchNorm running
+    statistics as the original's loss over every stage of forward."""
+    from lowlight_fast.losses import LossFunction
+    from lowlight_fast.models.sci import SCINetwork
+
+    torch.manual_seed(7)
+    ref = SCINetwork(stage=stage).double().train(train)
+    lean = SCINetwork(stage=stage).double().train(train)
+    lean.load_state_dict(ref.state_dict())
+    x = torch.rand(2, 3, 13, 18, dtype=torch.float64) * 0.6 + 0.02
+    criterion = LossFunction()
+    lean._criterion = criterion
+    xr, xl = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    want = _sci_forward_loss(ref, criterion, xr)
+    got = lean._loss(xl)
+    want.backward()
+    got.backward()
+    _close(got.detach(), want.detach(), 1e-10, "loss")
+    _close(xl.grad, xr.grad, 1e-10, "input gradient")
+    # conv biases before a BatchNorm have a zero gradient up to rounding: compare to the largest one
+    scale = max(q.grad.abs().max().item() for q in ref.parameters() if q.grad is not None)
+    for (name, p), q in zip(lean.named_parameters(), ref.parameters()):
+        if q.grad is None:  # stage=1: the self-calibration does not reach the loss
+            assert p.grad is None, name
+            continue
+        _close(p.grad, q.grad, 1e-10, f"gradient of {name}", scale=scale)
+    for (name, b), c in zip(lean.named_buffers(), ref.buffers()):
+        assert torch.equal(b, c), name
