@@ -28,7 +28,19 @@ TORCH_LIBRARY(lowlight_fast, m) {
   m.def("tv_loss_with_grad(Tensor x, float weight) -> (Tensor, Tensor)");
   m.def("tv_loss_backward(Tensor grad, Tensor x) -> Tensor");
   m.def("zerodce_pooled(Tensor enhanced, Tensor low) -> (Tensor pooled_enhanced, Tensor pooled_low, Tensor channel_means)");
+  // one image: (4x4-pooled channel mean, channel means); its backward is zerodce_pooled_backward's d enhanced
+  m.def("zerodce_pooled_single(Tensor x) -> (Tensor pooled, Tensor channel_means)");
   m.def("zerodce_pooled_backward(Tensor grad_pooled_enhanced, Tensor grad_pooled_low, Tensor grad_channel_means, Tensor enhanced, bool low_requires_grad) -> (Tensor grad_enhanced, Tensor grad_low)");
+  // the terms the original-named classes return, from the pooled statistics (csrc/cpu/zerodce_terms.cpp)
+  m.def("zerodce_spatial_map(Tensor pooled_org, Tensor pooled_enhance) -> Tensor");
+  m.def("zerodce_spatial_map_backward(Tensor grad, Tensor pooled_org, Tensor pooled_enhance) -> (Tensor, Tensor)");
+  m.def("zerodce_exposure(Tensor pooled, int exp_patch, float exp_mean) -> Tensor");
+  m.def("zerodce_exposure_backward(Tensor grad, Tensor pooled, int exp_patch, float exp_mean) -> Tensor");
+  m.def("zerodce_color(Tensor channel_means) -> Tensor");
+  m.def("zerodce_color_backward(Tensor grad, Tensor channel_means) -> Tensor");
+  // Sa_Loss: (loss, channel means, mean unit vector from the means) ; backward from x and those two
+  m.def("zerodce_saturation(Tensor x) -> (Tensor loss, Tensor channel_means, Tensor unit_means)");
+  m.def("zerodce_saturation_backward(Tensor grad, Tensor x, Tensor channel_means, Tensor unit_means) -> Tensor");
   m.def("zerodce_pooled_losses(Tensor pooled_enhanced, Tensor pooled_low, Tensor channel_means, int exp_patch, float exp_mean) -> (Tensor spa, Tensor col, Tensor exp)");
   m.def("zerodce_pooled_losses_backward(Tensor grad_spa, Tensor grad_col, Tensor grad_exp, Tensor pooled_enhanced, Tensor pooled_low, Tensor channel_means, int exp_patch, float exp_mean) -> (Tensor, Tensor, Tensor)");
 }

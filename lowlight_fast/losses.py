@@ -9,22 +9,22 @@ from torch import nn
 # Zero-DCE / Zero-DCE++ losses: L_color, L_spa, L_exp, L_TV, Sa_Loss, ZeroDCELoss, ZeroDCEPPLoss
 # ======================================================================================
 
-from lowlight_fast import _validate  # noqa: E402
 from lowlight_fast.ops import zerodce_losses as _zerodce_ops  # noqa: E402
 from lowlight_fast.ops.tv_loss import tv_loss as _tv_loss  # noqa: E402
 from lowlight_fast.reference import zerodce_losses as _zerodce_ref  # noqa: E402
 
 
 class ColorConstancyLoss(nn.Module):
-    """Zero-DCE colour constancy ``L_color()(x)``: (B, 1, 1, 1), x (B, 3, H, W) in [0, 1]."""
+    """Zero-DCE colour constancy ``L_color()(x)``: (B, 1, 1, 1), x (B, 3, H, W) in [0, 1]; fused (the
+    channel means of one read of x, or of the pass that ``L_spa`` just made over the same image)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _validate.check_image(x, "x")
-        return _zerodce_ref.color_constancy(x)
+        return _zerodce_ops.color_constancy(x)
 
 
 class SpatialConsistencyLoss(nn.Module):
-    """Zero-DCE spatial consistency ``L_spa()(org, enhance)``: (B, 1, H//4, W//4), fused.
+    """Zero-DCE spatial consistency ``L_spa()(org, enhance)``: (B, 1, H//4, W//4), fused. ``L_color`` and
+    ``L_exp`` called next on ``org`` (the enhanced image, in the original script) reuse its pooled pass.
 
     Mind the original training script's order: it calls ``L_spa(enhanced_image, low_image)``.
     """
@@ -34,7 +34,8 @@ class SpatialConsistencyLoss(nn.Module):
 
 
 class ExposureLoss(nn.Module):
-    """Zero-DCE exposure control ``L_exp(patch_size, mean_val)(x)``: a scalar.
+    """Zero-DCE exposure control ``L_exp(patch_size, mean_val)(x)``: a scalar; fused for patch sizes that
+    are multiples of 4 (the original's 16), the reference otherwise.
 
     ``mean_val`` may also be given at call time (the Zero-DCE++ form ``L_exp(16)(x, 0.6)``).
     """
@@ -52,8 +53,7 @@ class ExposureLoss(nn.Module):
             raise ValueError(
                 "mean_val: give the target exposure (0.6 in Zero-DCE) at construction or call time"
             )
-        _validate.check_image(x, "x", min_size=self.patch_size)
-        return _zerodce_ref.exposure(x, self.patch_size, mean_val)
+        return _zerodce_ops.exposure(x, self.patch_size, mean_val)
 
 
 class IlluminationSmoothnessLoss(nn.Module):
@@ -69,11 +69,10 @@ class IlluminationSmoothnessLoss(nn.Module):
 
 class SaturationLoss(nn.Module):
     """``Sa_Loss()(x)`` (defined but unused in Zero-DCE training): mean distance of each pixel from its
-    image's channel means; a scalar."""
+    image's channel means; a scalar; fused on the CPU."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _validate.check_image(x, "x")
-        return _zerodce_ref.saturation(x)
+        return _zerodce_ops.saturation(x)
 
 
 class ZeroDCELoss(nn.Module):

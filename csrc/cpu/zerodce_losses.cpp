@@ -111,7 +111,7 @@ LOWLIGHT_FAST_INLINE GroupTask group_task(int64_t t, int64_t H, int64_t W) {
           (b * (H / kPool) + g) * (W / kPool), g < H / kPool};
 }
 
-// The tasks [t0, t1) of zerodce_pooled.
+// The tasks [t0, t1) of zerodce_pooled (l and pl null: zerodce_pooled_single, one image).
 template <typename S, typename acc_t>
 LOWLIGHT_FAST_INLINE void pool_tasks(const S* e, const S* l, S* pe, S* pl, double* partial, int64_t t0, int64_t t1,
                                      int64_t H, int64_t W, acc_t* col, acc_t* comb) {
@@ -119,7 +119,8 @@ LOWLIGHT_FAST_INLINE void pool_tasks(const S* e, const S* l, S* pe, S* pl, doubl
   for (int64_t t = t0; t < t1; ++t) {
     const GroupTask k = group_task(t, H, W);
     pool_group<S, acc_t>(e + k.offset, plane, k.rows, W, W4, k.full, col, comb, partial + t * kChannels, pe + k.pooled);
-    if (k.full) pool_group<S, acc_t>(l + k.offset, plane, k.rows, W, W4, true, col, comb, nullptr, pl + k.pooled);
+    if (k.full && l != nullptr)
+      pool_group<S, acc_t>(l + k.offset, plane, k.rows, W, W4, true, col, comb, nullptr, pl + k.pooled);
   }
 }
 
@@ -134,22 +135,21 @@ void run_pool_tasks(const S* e, const S* l, S* pe, S* pl, double* partial, int64
   pool_tasks<S, acc_t>(e, l, pe, pl, partial, t0, t1, H, W, col, comb);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> zerodce_pooled_cpu(const at::Tensor& enhanced_in,
-                                                                  const at::Tensor& low_in) {
-  check_pair(enhanced_in, low_in, "zerodce_pooled");
+// The pooled map(s) and channel means; low undefined: zerodce_pooled_single (one read of one image).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pooled_forward(const at::Tensor& enhanced_in, const at::Tensor* low_in) {
   const at::Tensor enhanced = enhanced_in.contiguous();
-  const at::Tensor low = low_in.contiguous();
+  const at::Tensor low = low_in != nullptr ? low_in->contiguous() : at::Tensor();
   const int64_t B = enhanced.size(0), H = enhanced.size(2), W = enhanced.size(3);
   const int64_t H4 = H / kPool, W4 = W / kPool, groups = (H + kPool - 1) / kPool;
   at::Tensor pooled_enhanced = at::empty({B, 1, H4, W4}, enhanced.options());
-  at::Tensor pooled_low = at::empty({B, 1, H4, W4}, enhanced.options());
+  at::Tensor pooled_low = low.defined() ? at::empty({B, 1, H4, W4}, enhanced.options()) : at::Tensor();
   std::vector<double> partial(B * groups * kChannels);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, enhanced.scalar_type(), "zerodce_pooled_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* e = enhanced.const_data_ptr<scalar_t>();
-    const scalar_t* l = low.const_data_ptr<scalar_t>();
+    const scalar_t* l = low.defined() ? low.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* pe = pooled_enhanced.mutable_data_ptr<scalar_t>();
-    scalar_t* pl = pooled_low.mutable_data_ptr<scalar_t>();
+    scalar_t* pl = low.defined() ? pooled_low.mutable_data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, B * groups, 1, [&](int64_t t0, int64_t t1) {
       std::vector<acc_t> col(W), comb(W);
       run_pool_tasks(e, l, pe, pl, partial.data(), t0, t1, H, W, col.data(), comb.data());
@@ -164,6 +164,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> zerodce_pooled_cpu(const at::Tens
     }
   }
   return {pooled_enhanced, pooled_low, from_double(means, {B, kChannels}, enhanced.options())};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> zerodce_pooled_cpu(const at::Tensor& enhanced, const at::Tensor& low) {
+  check_pair(enhanced, low, "zerodce_pooled");
+  return pooled_forward(enhanced, &low);
+}
+
+std::tuple<at::Tensor, at::Tensor> zerodce_pooled_single_cpu(const at::Tensor& x) {
+  check::image("zerodce_pooled_single", x, "x", kChannels, kPool, kPool, "AvgPool2d(4)");
+  auto res = pooled_forward(x, nullptr);
+  return {std::get<0>(res), std::get<2>(res)};
 }
 
 void check_grad(const at::Tensor& g, const at::Tensor& like, at::IntArrayRef shape, const char* name) {
@@ -448,6 +459,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> zerodce_pooled_losses_backward_cp
 
 TORCH_LIBRARY_IMPL(lowlight_fast, CPU, m) {
   m.impl("zerodce_pooled", &zerodce_pooled_cpu);
+  m.impl("zerodce_pooled_single", &zerodce_pooled_single_cpu);
   m.impl("zerodce_pooled_backward", &zerodce_pooled_backward_cpu);
   m.impl("zerodce_pooled_losses", &zerodce_pooled_losses_cpu);
   m.impl("zerodce_pooled_losses_backward", &zerodce_pooled_losses_backward_cpu);

@@ -12,10 +12,20 @@ part is one C++ op, ``zerodce_pooled_losses`` (with its backward); elsewhere a f
 Backends: C++ (CPU), Triton (CUDA, or CPU under TRITON_INTERPRET=1; kernels in ops/triton/zerodce_losses.py),
 reference (plain PyTorch).
 
+The original-named classes (``L_spa``, ``L_color``, ``L_exp`` in :mod:`lowlight_fast.losses`) are called
+one by one, as the authors' scripts call them: ``L_spa(enhanced, low)``, then ``L_color(enhanced)``, then
+``L_exp(enhanced)``. Each runs on these ops alone (:func:`single_stats` reads one image once), and they
+share one pass: the pooled statistics of the images of the last call are remembered (:class:`_Memo`), so
+``L_color`` and ``L_exp`` of the image that ``L_spa`` just pooled reuse its pooled map and channel means,
+and the backward of all three writes d enhanced once. Each call still returns what the original returns.
+
 One deliberate difference: where an image's three channel means are exactly equal, L_color is
 sqrt(0) and the original's gradient is NaN; the C++ op gives 0 there (the PyTorch path keeps the NaN).
 """
 from __future__ import annotations
+
+import threading
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +38,7 @@ from lowlight_fast.reference import zerodce_losses as reference
 # ---- constants ----
 
 OP = "zerodce_pooled"
+SINGLE_OP = "zerodce_pooled_single"
 LOSSES_OP = "zerodce_pooled_losses"
 POOL = reference.SPA_POOL
 
@@ -88,9 +99,16 @@ def _run_pooled(which: str, enhanced: torch.Tensor, low: torch.Tensor):
     return _pooled_reference(enhanced, low)
 
 
+def _cpp_terms(t: torch.Tensor, op: str) -> bool:
+    """Whether the C++ term op ``op`` runs for the small map ``t`` (CPU, the cpp backend, op built)."""
+    return t.device.type == "cpu" and _backend_for(t) == "cpp" and _ext.has_op(op)
+
+
 def spatial_from_pooled(pooled_org: torch.Tensor, pooled_enhance: torch.Tensor) -> torch.Tensor:
     """L_spa's map from the two pooled maps: with q = org - enhance, sum over the 4 neighbours of
     (q - q_neighbour)^2, a neighbour outside the map counting as 0. (B, 1, H//4, W//4)."""
+    if _cpp_terms(pooled_org, "zerodce_spatial_map"):
+        return torch.ops.lowlight_fast.zerodce_spatial_map(pooled_org, pooled_enhance)
     q = F.pad(pooled_org - pooled_enhance, (1, 1, 1, 1))
     centre = q[..., 1:-1, 1:-1]
     return (
@@ -103,11 +121,15 @@ def spatial_from_pooled(pooled_org: torch.Tensor, pooled_enhance: torch.Tensor) 
 
 def exposure_from_pooled(pooled: torch.Tensor, patch_size: int, mean_val) -> torch.Tensor:
     """L_exp from the 4x4-pooled channel mean: its (patch_size/4)-pool is the patch_size pool (floor)."""
+    if _cpp_terms(pooled, "zerodce_exposure") and not isinstance(mean_val, torch.Tensor):
+        return torch.ops.lowlight_fast.zerodce_exposure(pooled, patch_size, float(mean_val))
     return torch.mean((F.avg_pool2d(pooled, patch_size // POOL) - mean_val) ** 2)
 
 
 def color_from_means(means: torch.Tensor) -> torch.Tensor:
     """L_color from the channel means (B, 3): (B, 1, 1, 1)."""
+    if _cpp_terms(means, "zerodce_color"):
+        return torch.ops.lowlight_fast.zerodce_color(means)
     mr, mg, mb = means[:, 0], means[:, 1], means[:, 2]
     d_rg = (mr - mg) ** 2
     d_rb = (mr - mb) ** 2
@@ -115,10 +137,135 @@ def color_from_means(means: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(d_rg**2 + d_rb**2 + d_gb**2).reshape(-1, 1, 1, 1)
 
 
+def saturation(x: torch.Tensor) -> torch.Tensor:
+    """Sa_Loss(x): the mean over pixels of each pixel's distance from its image's channel means; a scalar.
+    On the CPU one op (two reads of x; its backward one read and one write); elsewhere the reference.
+    Where a pixel equals its channel means exactly, its gradient is 0 (the reference's is NaN)."""
+    _validate.check_image(x, "x")
+    if _cpp_terms(x, "zerodce_saturation"):
+        return torch.ops.lowlight_fast.zerodce_saturation(x)[0]
+    return reference.saturation(x)
+
+
+def single_stats(x: torch.Tensor, *, name: str = "x") -> tuple[torch.Tensor, torch.Tensor]:
+    """(4x4-pooled channel mean of x (B, 1, H//4, W//4), channel means of x (B, 3)) from one read of x.
+    Its backward writes d x once, or, when only the channel means get a gradient, returns it broadcast
+    (no image-sized write)."""
+    _validate.check_image(x, name, min_size=POOL)
+    which = _backend_for(x)
+    if which == "cpp":
+        return torch.ops.lowlight_fast.zerodce_pooled_single(x)
+    if which == "triton":  # the pair kernel; the second image gets no gradient
+        pooled, _, means = _run_pooled(which, x, x.detach())
+        return pooled, means
+    return F.avg_pool2d(x.mean(dim=1, keepdim=True), POOL), x.mean(dim=(2, 3))
+
+
+class _Memo(threading.local):
+    """The pooled statistics of the images of the last call of the drop-in classes, per thread.
+
+    An entry is (weak reference to the image, its version counter, whether autograd records, pooled map,
+    channel means or None). Only images with a ``grad_fn`` are remembered, and an entry is used only for
+    the same tensor object, unmodified since (its version counter), under the same grad mode; never
+    while torch.compile traces, nor for tensor subclasses or functorch-wrapped tensors. At most
+    ``SIZE`` entries (the two images of one L_spa call): the next images replace them, so the memo never
+    keeps more than the last call's small pooled maps (and, through their graph, what the caller's
+    loss holds anyway). The pooled ops save no tensor for their backward, so sharing one node between
+    several losses never makes a later ``backward`` of one of them fail where the original's would not.
+    """
+
+    SIZE = 2
+
+    def __init__(self):
+        self.entries: list[list] = []
+
+    @staticmethod
+    def usable(x: torch.Tensor) -> bool:
+        """Whether x may be remembered (the callers have already left torch.compile's tracing out)."""
+        # Only images that autograd produced (grad_fn set: the network's output in training, where the
+        # shared backward pays). A leaf's values can change without its version counter moving
+        # (``x.data`` writes, as gradcheck's perturbations do), so leaves are never remembered.
+        if type(x) is not torch.Tensor or x.grad_fn is None:
+            return False
+        return not torch._C._functorch.is_functorch_wrapped_tensor(x)
+
+    @staticmethod
+    def _records(x: torch.Tensor) -> bool:
+        return torch.is_grad_enabled() and x.requires_grad
+
+    def get(self, x: torch.Tensor):
+        """(pooled, means or None) remembered for x, or None."""
+        if not self.usable(x):
+            return None
+        for entry in self.entries:
+            if entry[0]() is x and entry[1] == x._version and entry[2] == self._records(x):
+                return entry[3], entry[4]
+        return None
+
+    def put(self, x: torch.Tensor, pooled: torch.Tensor, means: torch.Tensor | None) -> None:
+        if not self.usable(x):
+            return
+        self.entries = [e for e in self.entries if e[0]() is not x and e[0]() is not None]
+        self.entries.insert(0, [weakref.ref(x), x._version, self._records(x), pooled, means])
+        del self.entries[self.SIZE :]
+
+    def start_call(self, *images: torch.Tensor) -> None:
+        """A call on ``images``: entries of other images go (they belong to an earlier call)."""
+        self.entries = [e for e in self.entries if any(e[0]() is x for x in images)]
+
+    def clear(self) -> None:
+        self.entries = []
+
+
+_memo = _Memo()
+
+
+def _stats_of(x: torch.Tensor, name: str, need_means: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(pooled, means) of x, from the memo when it has them."""
+    if torch.compiler.is_compiling():  # the memo is plain Python state: not for Dynamo to trace
+        return single_stats(x, name=name)
+    found = _memo.get(x)
+    if found is not None and (found[1] is not None or not need_means):
+        return found
+    _memo.start_call(x)
+    pooled, means = single_stats(x, name=name)
+    _memo.put(x, pooled, means)
+    return pooled, means
+
+
 def spatial_consistency(org: torch.Tensor, enhance: torch.Tensor) -> torch.Tensor:
-    """L_spa(org, enhance), fused: (B, 1, H//4, W//4). Needs H, W >= 4."""
-    pooled_org, pooled_enhance, _ = pooled_stats(org, enhance, names=("org", "enhance"))
+    """L_spa(org, enhance), fused: (B, 1, H//4, W//4). Needs H, W >= 4. Remembers both pooled maps
+    (and the channel means of ``org``) for the calls that follow on the same images."""
+    if torch.compiler.is_compiling():
+        pooled_org, pooled_enhance, _ = pooled_stats(org, enhance, names=("org", "enhance"))
+        return spatial_from_pooled(pooled_org, pooled_enhance)
+    found_org, found_enh = _memo.get(org), _memo.get(enhance)
+    if found_org is not None and found_enh is not None:
+        _check_pair(org, enhance, ("org", "enhance"))
+        return spatial_from_pooled(found_org[0], found_enh[0])
+    _memo.start_call(org, enhance)
+    pooled_org, pooled_enhance, means_org = pooled_stats(org, enhance, names=("org", "enhance"))
+    if enhance is not org:
+        _memo.put(enhance, pooled_enhance, None)
+    _memo.put(org, pooled_org, means_org)
     return spatial_from_pooled(pooled_org, pooled_enhance)
+
+
+def color_constancy(x: torch.Tensor) -> torch.Tensor:
+    """L_color(x), fused: (B, 1, 1, 1) from the channel means of one read of x (or the memo's)."""
+    _validate.check_image(x, "x")
+    if x.shape[2] < POOL or x.shape[3] < POOL:  # the pooled op needs one whole cell; the means do not
+        return reference.color_constancy(x)
+    return color_from_means(_stats_of(x, "x", need_means=True)[1])
+
+
+def exposure(x: torch.Tensor, patch_size: int = reference.EXP_PATCH, mean_val=reference.EXP_MEAN) -> torch.Tensor:
+    """L_exp(x), fused for patch sizes that are multiples of 4 (the 4x4-pooled map pooled again; the
+    memo's when it has it); other patch sizes run the reference."""
+    _validate.check_image(x, "x", min_size=max(patch_size, POOL))
+    if patch_size % POOL:
+        return reference.exposure(x, patch_size, mean_val)
+    return exposure_from_pooled(_stats_of(x, "x", need_means=False)[0], patch_size, mean_val)
 
 
 def zerodce_loss_terms(
@@ -187,6 +334,43 @@ def _pooled_fake(enhanced, low):
     return enhanced.new_empty(pooled), enhanced.new_empty(pooled), enhanced.new_empty((batch, 3))
 
 
+def _single_fake(x):
+    batch, _, height, width = x.shape
+    return x.new_empty((batch, 1, height // POOL, width // POOL)), x.new_empty((batch, 3))
+
+
+def _spatial_map_fake(pooled_org, pooled_enhance):
+    return pooled_org.new_empty(pooled_org.shape)
+
+
+def _spatial_map_backward_fake(grad, pooled_org, pooled_enhance):
+    return pooled_org.new_empty(pooled_org.shape), pooled_org.new_empty(pooled_org.shape)
+
+
+def _exposure_fake(pooled, exp_patch, exp_mean):
+    return pooled.new_empty(())
+
+
+def _exposure_backward_fake(grad, pooled, exp_patch, exp_mean):
+    return pooled.new_empty(pooled.shape)
+
+
+def _color_fake(means):
+    return means.new_empty((means.shape[0], 1, 1, 1))
+
+
+def _color_backward_fake(grad, means):
+    return means.new_empty(means.shape)
+
+
+def _saturation_fake(x):
+    return x.new_empty(()), x.new_empty((x.shape[0], 3)), x.new_empty((x.shape[0], 3))
+
+
+def _saturation_backward_fake(grad, x, channel_means, unit_means):
+    return x.new_empty(x.shape)
+
+
 def _pooled_backward_fake(
     grad_pooled_enhanced, grad_pooled_low, grad_channel_means, enhanced, low_requires_grad
 ):
@@ -211,8 +395,17 @@ def _losses_backward_fake(
 # ---- autograd ----
 
 
-def _save_enhanced(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0])
+def _save_shape(ctx, inputs, output):
+    # The backward needs only the image's shape, dtype and device: saving no tensor lets several losses
+    # share this node (the memo) without one's backward freeing what another's still needs.
+    x = inputs[0]
+    ctx.image = (tuple(x.shape), x.dtype, x.device)
+
+
+def _shape_proxy(ctx) -> torch.Tensor:
+    """A tensor of the saved image's shape, dtype and device (one element, broadcast) for the backward ops."""
+    shape, dtype, device = ctx.image
+    return torch.empty((), dtype=dtype, device=device).expand(shape)
 
 
 def _pooled_backward(backward_op: str):
@@ -220,14 +413,59 @@ def _pooled_backward(backward_op: str):
     d low only when low needs it."""
 
     def backward(ctx, grad_pooled_enhanced, grad_pooled_low, grad_channel_means):
-        (enhanced,) = ctx.saved_tensors
         low_requires_grad = bool(ctx.needs_input_grad[1])
         grad_enhanced, grad_low = getattr(torch.ops.lowlight_fast, backward_op)(
-            grad_pooled_enhanced, grad_pooled_low, grad_channel_means, enhanced, low_requires_grad
+            grad_pooled_enhanced, grad_pooled_low, grad_channel_means, _shape_proxy(ctx), low_requires_grad
         )
         return grad_enhanced, (grad_low if low_requires_grad else None)
 
     return backward
+
+
+def _single_setup_context(ctx, inputs, output):
+    _save_shape(ctx, inputs, output)
+    ctx.set_materialize_grads(False)
+
+
+def _single_backward(ctx, grad_pooled, grad_means):
+    shape, _, _ = ctx.image
+    if grad_pooled is None and grad_means is None:
+        return None
+    if grad_pooled is None:  # L_color alone: d x = d means / (H W), the same for every pixel of a channel
+        return (grad_means / (shape[2] * shape[3])).reshape(shape[0], shape[1], 1, 1).expand(shape)
+    if grad_means is None:
+        grad_means = grad_pooled.new_zeros((shape[0], shape[1]))
+    grad_x, _ = torch.ops.lowlight_fast.zerodce_pooled_backward(
+        grad_pooled, torch.zeros_like(grad_pooled), grad_means, _shape_proxy(ctx), False
+    )
+    return grad_x
+
+
+def _save_inputs(ctx, inputs, output):
+    ctx.save_for_backward(*(t for t in inputs if isinstance(t, torch.Tensor)))
+    ctx.args = tuple(t for t in inputs if not isinstance(t, torch.Tensor))
+
+
+def _spatial_map_backward(ctx, grad):
+    return torch.ops.lowlight_fast.zerodce_spatial_map_backward(grad, *ctx.saved_tensors)
+
+
+def _exposure_backward(ctx, grad):
+    return torch.ops.lowlight_fast.zerodce_exposure_backward(grad, *ctx.saved_tensors, *ctx.args), None, None
+
+
+def _color_backward(ctx, grad):
+    return torch.ops.lowlight_fast.zerodce_color_backward(grad, *ctx.saved_tensors)
+
+
+def _saturation_setup_context(ctx, inputs, output):
+    _, means, unit = output
+    ctx.mark_non_differentiable(means, unit)
+    ctx.save_for_backward(inputs[0], means, unit)
+
+
+def _saturation_backward(ctx, grad, grad_means, grad_unit):
+    return torch.ops.lowlight_fast.zerodce_saturation_backward(grad, *ctx.saved_tensors)
 
 
 def _losses_setup_context(ctx, inputs, output):
@@ -243,9 +481,22 @@ def _losses_backward(ctx, grad_spa, grad_col, grad_exp):
 
 
 _registry.register_cpp(
-    OP, fake=_pooled_fake, backward=_pooled_backward("zerodce_pooled_backward"), setup_context=_save_enhanced
+    OP, fake=_pooled_fake, backward=_pooled_backward("zerodce_pooled_backward"), setup_context=_save_shape
 )
+_registry.register_cpp(SINGLE_OP, fake=_single_fake, backward=_single_backward, setup_context=_single_setup_context)
 _registry.register_cpp("zerodce_pooled_backward", fake=_pooled_backward_fake)
+_registry.register_cpp(
+    "zerodce_spatial_map", fake=_spatial_map_fake, backward=_spatial_map_backward, setup_context=_save_inputs
+)
+_registry.register_cpp("zerodce_spatial_map_backward", fake=_spatial_map_backward_fake)
+_registry.register_cpp("zerodce_exposure", fake=_exposure_fake, backward=_exposure_backward, setup_context=_save_inputs)
+_registry.register_cpp("zerodce_exposure_backward", fake=_exposure_backward_fake)
+_registry.register_cpp("zerodce_color", fake=_color_fake, backward=_color_backward, setup_context=_save_inputs)
+_registry.register_cpp("zerodce_color_backward", fake=_color_backward_fake)
+_registry.register_cpp(
+    "zerodce_saturation", fake=_saturation_fake, backward=_saturation_backward, setup_context=_saturation_setup_context
+)
+_registry.register_cpp("zerodce_saturation_backward", fake=_saturation_backward_fake)
 _registry.register_cpp(
     LOSSES_OP, fake=_losses_fake, backward=_losses_backward, setup_context=_losses_setup_context
 )
@@ -265,5 +516,5 @@ def _register_triton(kernels):
         kernels.zerodce_pooled,
         fake=_pooled_fake,
         backward=_pooled_backward("zerodce_pooled_triton_backward"),
-        setup_context=_save_enhanced,
+        setup_context=_save_shape,
     )
