@@ -342,3 +342,49 @@ def test_term_ops_check_their_input():
         lf.zerodce_pooled_single(torch.rand(1, 3, 3, 8))
     with pytest.raises(RuntimeError, match="zerodce_saturation: x is empty"):
         lf.zerodce_saturation(torch.rand(0, 3, 5, 5))
+
+
+# --- SCI: SmoothLoss and LossFunction called alone; the compat modules ------------------------------
+
+
+@needs_cpp
+@pytest.mark.parametrize("name", ["SmoothLoss", "LossFunction"])
+def test_sci_losses_alone_run_the_fused_op_and_match_the_reference(name):
+    from lowlight_fast.compat.sci import loss as sci_loss
+    from lowlight_fast.reference import sci_losses
+
+    inp = _image(2, 3, 13, 17, dtype=torch.float32).requires_grad_()
+    illu = _image(2, 3, 13, 17, dtype=torch.float32, seed=1).requires_grad_()
+    module = getattr(sci_loss, name)()
+    want = (
+        sci_losses.smooth_loss(inp, illu)
+        if name == "SmoothLoss"
+        else sci_losses.sci_loss(inp, illu)
+    )
+    got = []
+    names = _ops_run(lambda: got.append(torch.autograd.grad(module(inp * 1.0, illu * 1.0), (inp, illu))))
+    assert any(n.startswith("lowlight_fast::smooth_loss") for n in names)
+    torch.testing.assert_close(got[0], torch.autograd.grad(want, (inp, illu)), rtol=1e-4, atol=1e-6)
+
+
+@needs_cpp
+def test_compat_zerodce_model_and_losses_run_fused_ops():
+    from lowlight_fast.compat.zerodce import Myloss, model
+
+    net = model.enhance_net_nopool()
+    low = _image(2, 3, 32, 32, dtype=torch.float32) * 0.3
+
+    def step():
+        _, enhanced, A = net(low)
+        loss = (
+            200 * Myloss.L_TV()(A)
+            + torch.mean(Myloss.L_spa()(enhanced, low))
+            + 5 * torch.mean(Myloss.L_color()(enhanced))
+            + 10 * torch.mean(Myloss.L_exp(16, 0.6)(enhanced))
+        )
+        loss.backward()
+
+    names = _ops_run(step)
+    for op in ("le_curve", "tv_loss", "zerodce_pooled", "zerodce_spatial_map", "zerodce_color", "zerodce_exposure"):
+        assert any(n.startswith(f"lowlight_fast::{op}") for n in names), op
+    assert "aten::avg_pool2d" not in names
