@@ -228,11 +228,16 @@ SL_ALWAYS_INLINE void prefetch_row(const RowTask<acc_t>& t, int64_t row, bool wi
 }
 
 // The rows of one task; returns its share of the loss.
-// The pair loops of the generic variants: row_offset, vectorised by the compiler.
+// The pair loops of one p-row for the generic variants: row_offset, vectorised by the compiler.
 struct GenericPairs {
   template <typename acc_t, bool kGrad>
-  static SL_ALWAYS_INLINE acc_t run(const RowTask<acc_t>& t, int64_t row, int k) {
-    return row_offset<acc_t, kGrad>(t, row, k);
+  static SL_ALWAYS_INLINE double row(const RowTask<acc_t>& t, int64_t row) {
+    double loss = 0;
+    for (int k = 0; k < kNumOffsets; ++k) {
+      if (row + offset_dy(k) >= t.height) continue;
+      loss += static_cast<double>(t.coefs->a[k] * row_offset<acc_t, kGrad>(t, row, k));
+    }
+    return loss;
   }
 };
 
@@ -253,10 +258,7 @@ SL_ALWAYS_INLINE double process_rows(const RowTask<acc_t>& t) {
   for (int64_t row = t.row_begin; row < t.row_end; ++row) {
     if (kGrad) std::memset(t.scratch, 0, 6 * w * sizeof(acc_t));
     prefetch_row(t, row + kMaxOffset + 1, kGrad);
-    for (int k = 0; k < kNumOffsets; ++k) {
-      if (row + offset_dy(k) >= t.height) continue;
-      loss += static_cast<double>(t.coefs->a[k] * Pairs::template run<acc_t, kGrad>(t, row, k));
-    }
+    loss += Pairs::template row<acc_t, kGrad>(t, row);
     if (kGrad) {
       for (int ch = 0; ch < 3; ++ch) {
         acc_t* __restrict__ go = t.go + ch * hw + row * w;
@@ -379,12 +381,12 @@ SL_AVX2 SL_ALWAYS_INLINE void pairs8(const Streams& st, int64_t x, const Lanes<k
   }
 }
 
-// row_offset on AVX2. Not always_inline: process_rows, which calls it, has no target attribute.
+// Pairs of p-row `row` for offset k with x in [x0 + from, x0 + to) ∩ [x0, x1): returns sum_x t.
 template <bool kGrad>
-SL_AVX2 float row_offset(const RowTask<float>& t, int64_t row, int k) {
+SL_AVX2 SL_ALWAYS_INLINE float row_offset(const RowTask<float>& t, int64_t row, int k, int64_t from, int64_t to) {
   const int dy = offset_dy(k), dx = offset_dx(k);
   const int64_t w = t.width, hw = t.height * w;
-  const int64_t x0 = dx < 0 ? -dx : 0, x1 = dx > 0 ? w - dx : w;
+  const int64_t x0 = (dx < 0 ? -dx : 0) + from, x1 = std::min<int64_t>(dx > 0 ? w - dx : w, x0 - from + to);
   const int64_t p = row * w, q = (row + dy) * w + dx;
   const int64_t yhw = t.y_rows * w, yp = (row - t.y_row0) * w, yq = yp + dy * w + dx;
   const float s = t.coefs->s, a = t.coefs->a[k], m2sa = -2.0f * s * a;
@@ -415,10 +417,30 @@ SL_AVX2 float row_offset(const RowTask<float>& t, int64_t row, int k) {
   return hsum(sum);
 }
 
+// The pairs of one p-row, in blocks of kBlock pixels with the 12 offsets inside a block: the 24
+// streams of a block (about 24 KiB) stay in L1 across the offsets; a whole row's (180 KiB at 1920
+// pixels) came from L2 for every offset, and L2 bandwidth bounded the loop.
+constexpr int64_t kBlock = 128;  // a multiple of 8: only a row's last block has a masked tail
+
+// Not always_inline: process_rows, which calls it, has no target attribute.
+template <bool kGrad>
+SL_AVX2 double pair_row(const RowTask<float>& t, int64_t row) {
+  float sums[kNumOffsets] = {};
+  for (int64_t from = 0; from < t.width; from += kBlock) {
+    for (int k = 0; k < kNumOffsets; ++k) {
+      if (row + offset_dy(k) >= t.height) continue;
+      sums[k] += row_offset<kGrad>(t, row, k, from, from + kBlock);
+    }
+  }
+  double loss = 0;
+  for (int k = 0; k < kNumOffsets; ++k) loss += static_cast<double>(t.coefs->a[k] * sums[k]);
+  return loss;
+}
+
 struct Pairs {
   template <typename acc_t, bool kGrad>
-  static SL_ALWAYS_INLINE float run(const RowTask<float>& t, int64_t row, int k) {
-    return row_offset<kGrad>(t, row, k);
+  static SL_ALWAYS_INLINE double row(const RowTask<float>& t, int64_t row) {
+    return pair_row<kGrad>(t, row);
   }
 };
 
@@ -434,18 +456,46 @@ double rows_f32_default(const RowTask<float>& t) {
   return process_rows<float, kGrad>(t);
 }
 
-template <bool kGrad>
-RowsF32 pick_rows_f32() {
+// The float32 path: torch's CPU capability ("AVX512", "AVX2", ...; ATEN_CPU_CAPABILITY=default|avx2
+// lowers it, for tests) where this CPU has the instructions.
+enum class PathF32 { kAvx512, kAvx2, kDefault };
+
+PathF32 pick_path_f32() {
 #if defined(__GNUC__) && defined(__x86_64__)
-  // torch's choice ("AVX512", "AVX2", ...): ATEN_CPU_CAPABILITY=default|avx2 lowers it for tests.
   const std::string cap = at::get_cpu_capability();
   if (cap.find("AVX512") != std::string::npos && __builtin_cpu_supports("avx512f") &&
       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
-    return rows_f32_avx512<kGrad>;
+    return PathF32::kAvx512;
   if (cap.find("AVX2") != std::string::npos && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    return rows_f32_avx2<kGrad>;
+    return PathF32::kAvx2;
 #endif
-  return rows_f32_default<kGrad>;
+  return PathF32::kDefault;
+}
+
+// The name of a path as `lowlight-fast info` would show it.
+const char* path_name(PathF32 path) {
+  switch (path) {
+    case PathF32::kAvx512:
+      return "avx512";  // rows_f32_avx512: the generic loops compiled for AVX-512 (zmm)
+    case PathF32::kAvx2:
+      return "avx2";  // rows_f32_avx2: the AVX2+FMA intrinsics pair loops
+    default:
+      return "default";  // rows_f32_default: the generic loops compiled for the baseline (SSE2)
+  }
+}
+
+template <bool kGrad>
+RowsF32 pick_rows_f32() {
+  switch (pick_path_f32()) {
+#if defined(__GNUC__) && defined(__x86_64__)
+    case PathF32::kAvx512:
+      return rows_f32_avx512<kGrad>;
+    case PathF32::kAvx2:
+      return rows_f32_avx2<kGrad>;
+#endif
+    default:
+      return rows_f32_default<kGrad>;
+  }
 }
 
 template <typename acc_t, bool kGrad>
@@ -586,6 +636,13 @@ std::tuple<at::Tensor, at::Tensor> smooth_loss_backward_cpu(const at::Tensor& gr
 }
 
 }  // namespace
+
+// The float32 CPU path smooth_loss runs in this process ("avx512", "avx2" or "default"): what
+// pick_rows_f32 chooses, for `lowlight-fast info` (declare it there; no header of its own).
+const char* smooth_loss_cpu_path() {
+  return path_name(pick_path_f32());
+}
+
 }  // namespace smooth
 }  // namespace lowlight_fast
 
