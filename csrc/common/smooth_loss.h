@@ -85,7 +85,19 @@ LLF_HD float exp_nonpositive(float x) {
   return expf(x);
 #else
   // Below -87 the result (< 1.7e-38) is returned as exp(-87): harmless here, and keeps the code branch-free.
-  const float xc = x < -87.0f ? -87.0f : x;
+  // The clamp works on the bits, as integers (the same as `x < -87 ? -87 : x` for every x, -inf, -0 and
+  // NaN included): a float select (`?:`, std::max) becomes a branch whose -87 arm GCC folds to a
+  // constant, leaving the polynomial in the other arm, where if-conversion must not speculate float
+  // operations (they may trap): the loops around it then stayed scalar on SSE2 and AVX2.
+  // As int32, floats below -87 down to -inf are the values in (kMinus87, kMinusInf].
+  constexpr int32_t kMinus87 = -1028784128;  // 0xC2AE0000, the bits of -87.0f
+  constexpr int32_t kMinusInf = -8388608;    // 0xFF800000, the bits of -inf
+  int32_t x_bits;
+  std::memcpy(&x_bits, &x, sizeof(x_bits));
+  const int32_t below = -static_cast<int32_t>((x_bits > kMinus87) & (x_bits <= kMinusInf));  // all ones: clamp
+  const int32_t xc_bits = (x_bits & ~below) | (kMinus87 & below);
+  float xc;
+  std::memcpy(&xc, &xc_bits, sizeof(xc));
   // n = round(xc / ln 2) with the 1.5 * 2^23 trick (no float -> int conversion, which could trap).
   const float magic = 12582912.0f;
   const float shifted = xc * 1.44269504088896341f + magic;

@@ -31,6 +31,10 @@
 #include "common/smooth_loss.h"
 #include "cpu/alloc.h"
 
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 namespace lowlight_fast {
 namespace smooth {
 namespace {
@@ -224,7 +228,20 @@ SL_ALWAYS_INLINE void prefetch_row(const RowTask<acc_t>& t, int64_t row, bool wi
 }
 
 // The rows of one task; returns its share of the loss.
-template <typename acc_t, bool kGrad>
+// The pair loops of one p-row for the generic variants: row_offset, vectorised by the compiler.
+struct GenericPairs {
+  template <typename acc_t, bool kGrad>
+  static SL_ALWAYS_INLINE double row(const RowTask<acc_t>& t, int64_t row) {
+    double loss = 0;
+    for (int k = 0; k < kNumOffsets; ++k) {
+      if (row + offset_dy(k) >= t.height) continue;
+      loss += static_cast<double>(t.coefs->a[k] * row_offset<acc_t, kGrad>(t, row, k));
+    }
+    return loss;
+  }
+};
+
+template <typename acc_t, bool kGrad, typename Pairs = GenericPairs>
 SL_ALWAYS_INLINE double process_rows(const RowTask<acc_t>& t) {
   const int64_t w = t.width, hw = t.height * w;
   if (kGrad) {
@@ -241,10 +258,7 @@ SL_ALWAYS_INLINE double process_rows(const RowTask<acc_t>& t) {
   for (int64_t row = t.row_begin; row < t.row_end; ++row) {
     if (kGrad) std::memset(t.scratch, 0, 6 * w * sizeof(acc_t));
     prefetch_row(t, row + kMaxOffset + 1, kGrad);
-    for (int k = 0; k < kNumOffsets; ++k) {
-      if (row + offset_dy(k) >= t.height) continue;
-      loss += static_cast<double>(t.coefs->a[k] * row_offset<acc_t, kGrad>(t, row, k));
-    }
+    loss += Pairs::template row<acc_t, kGrad>(t, row);
     if (kGrad) {
       for (int ch = 0; ch < 3; ++ch) {
         acc_t* __restrict__ go = t.go + ch * hw + row * w;
@@ -272,9 +286,169 @@ template <bool kGrad>
 SL_AVX512 double rows_f32_avx512(const RowTask<float>& t) {
   return process_rows<float, kGrad>(t);
 }
+
+// The AVX2 pair loop, written with intrinsics: GCC's vectorisation of row_offset under
+// target("avx2") keeps the reduction and the weight in stack arrays and spills the 24 stream pointers,
+// a store-to-load chain through memory in every iteration. Same arithmetic as exp_nonpositive and
+// row_offset (with FMA where the compiler contracts them); the last (x1 - x0) % 8 pairs of a row go
+// through the same code with masked loads and stores, so every pair is computed the same way.
+namespace avx2 {
+
+// exp_nonpositive on 8 lanes. max(-87, x) with -87 first is `x < -87 ? -87 : x` (NaN stays NaN).
+SL_AVX2 SL_ALWAYS_INLINE __m256 exp_nonpositive(__m256 x) {
+  const __m256 xc = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);
+  const __m256 magic = _mm256_set1_ps(12582912.0f);
+  const __m256 shifted = _mm256_fmadd_ps(xc, _mm256_set1_ps(1.44269504088896341f), magic);
+  const __m256 fx = _mm256_sub_ps(shifted, magic);
+  __m256 r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), xc);
+  r = _mm256_fmadd_ps(fx, _mm256_set1_ps(2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.0f));
+  // (n + 127) << 23 with n = bits(shifted) - bits(magic)
+  const __m256i bits =
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_castps_si256(shifted), _mm256_set1_epi32(127 - 0x4B400000)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+SL_AVX2 SL_ALWAYS_INLINE __m256 abs_ps(__m256 v) {
+  return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v);
+}
+
+// c * sign_of(g): c with g's sign where g > 0 or g < 0, else 0 (g = 0 or NaN, as sign_of).
+SL_AVX2 SL_ALWAYS_INLINE __m256 times_sign(__m256 c, __m256 g) {
+  const __m256 nonzero = _mm256_cmp_ps(g, _mm256_setzero_ps(), _CMP_NEQ_OQ);
+  return _mm256_and_ps(nonzero, _mm256_xor_ps(c, _mm256_and_ps(g, _mm256_set1_ps(-0.0f))));
+}
+
+SL_AVX2 SL_ALWAYS_INLINE float hsum(__m256 v) {
+  const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+}
+
+// Full (kMasked false) or masked loads and stores of 8 floats.
+template <bool kMasked>
+struct Lanes {
+  __m256i mask;
+  SL_AVX2 SL_ALWAYS_INLINE __m256 load(const float* ptr) const {
+    return kMasked ? _mm256_maskload_ps(ptr, mask) : _mm256_loadu_ps(ptr);
+  }
+  SL_AVX2 SL_ALWAYS_INLINE void store(float* ptr, __m256 v) const {
+    if (kMasked) {
+      _mm256_maskstore_ps(ptr, mask, v);
+    } else {
+      _mm256_storeu_ps(ptr, v);
+    }
+  }
+  SL_AVX2 SL_ALWAYS_INLINE __m256 keep(__m256 v) const {  // zero outside the mask
+    return kMasked ? _mm256_and_ps(v, _mm256_castsi256_ps(mask)) : v;
+  }
+};
+
+// The streams of one (row, offset): element x of each at ptr + x.
+struct Streams {
+  const float *yp[3], *yq[3], *op[3], *oq[3];
+  float *goq[3], *gyq[3], *sp[6];
+};
+
+template <bool kGrad, bool kMasked>
+SL_AVX2 SL_ALWAYS_INLINE void pairs8(const Streams& st, int64_t x, const Lanes<kMasked>& ln, __m256 neg_s, __m256 a,
+                                     __m256 m2sa, __m256& sum) {
+  const __m256 d0 = _mm256_sub_ps(ln.load(st.yq[0] + x), ln.load(st.yp[0] + x));
+  const __m256 d1 = _mm256_sub_ps(ln.load(st.yq[1] + x), ln.load(st.yp[1] + x));
+  const __m256 d2 = _mm256_sub_ps(ln.load(st.yq[2] + x), ln.load(st.yp[2] + x));
+  const __m256 g0 = _mm256_sub_ps(ln.load(st.oq[0] + x), ln.load(st.op[0] + x));
+  const __m256 g1 = _mm256_sub_ps(ln.load(st.oq[1] + x), ln.load(st.op[1] + x));
+  const __m256 g2 = _mm256_sub_ps(ln.load(st.oq[2] + x), ln.load(st.op[2] + x));
+  const __m256 dd = _mm256_fmadd_ps(d2, d2, _mm256_fmadd_ps(d1, d1, _mm256_mul_ps(d0, d0)));
+  const __m256 wgt = exp_nonpositive(_mm256_mul_ps(neg_s, dd));
+  const __m256 term = _mm256_mul_ps(wgt, _mm256_add_ps(_mm256_add_ps(abs_ps(g0), abs_ps(g1)), abs_ps(g2)));
+  sum = _mm256_add_ps(sum, ln.keep(term));
+  if (!kGrad) return;
+  const __m256 cw = _mm256_mul_ps(a, wgt), ct = _mm256_mul_ps(m2sa, term);
+  const __m256 v[3] = {times_sign(cw, g0), times_sign(cw, g1), times_sign(cw, g2)};
+  const __m256 u[3] = {_mm256_mul_ps(ct, d0), _mm256_mul_ps(ct, d1), _mm256_mul_ps(ct, d2)};
+  for (int c = 0; c < 3; ++c) {
+    ln.store(st.goq[c] + x, _mm256_add_ps(ln.load(st.goq[c] + x), v[c]));
+    ln.store(st.gyq[c] + x, _mm256_add_ps(ln.load(st.gyq[c] + x), u[c]));
+    ln.store(st.sp[c] + x, _mm256_sub_ps(ln.load(st.sp[c] + x), v[c]));
+    ln.store(st.sp[3 + c] + x, _mm256_sub_ps(ln.load(st.sp[3 + c] + x), u[c]));
+  }
+}
+
+// Pairs of p-row `row` for offset k with x in [x0 + from, x0 + to) ∩ [x0, x1): returns sum_x t.
+template <bool kGrad>
+SL_AVX2 SL_ALWAYS_INLINE float row_offset(const RowTask<float>& t, int64_t row, int k, int64_t from, int64_t to) {
+  const int dy = offset_dy(k), dx = offset_dx(k);
+  const int64_t w = t.width, hw = t.height * w;
+  const int64_t x0 = (dx < 0 ? -dx : 0) + from, x1 = std::min<int64_t>(dx > 0 ? w - dx : w, x0 - from + to);
+  const int64_t p = row * w, q = (row + dy) * w + dx;
+  const int64_t yhw = t.y_rows * w, yp = (row - t.y_row0) * w, yq = yp + dy * w + dx;
+  const float s = t.coefs->s, a = t.coefs->a[k], m2sa = -2.0f * s * a;
+  Streams st;
+  for (int c = 0; c < 3; ++c) {
+    st.yp[c] = t.y + yp + c * yhw;
+    st.yq[c] = t.y + yq + c * yhw;
+    st.op[c] = t.o + p + c * hw;
+    st.oq[c] = t.o + q + c * hw;
+    if (kGrad) {
+      st.goq[c] = t.go + q + c * hw;
+      st.gyq[c] = t.gy + q + c * hw;
+    }
+  }
+  if (kGrad) {
+    for (int c = 0; c < 6; ++c) st.sp[c] = t.scratch + c * w;
+  }
+  const __m256 neg_s = _mm256_set1_ps(-s), va = _mm256_set1_ps(a), vm2sa = _mm256_set1_ps(m2sa);
+  __m256 sum = _mm256_setzero_ps();
+  const Lanes<false> full{};
+  int64_t x = x0;
+  for (; x + 8 <= x1; x += 8) pairs8<kGrad>(st, x, full, neg_s, va, vm2sa, sum);
+  if (x < x1) {
+    const Lanes<true> part{_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(x1 - x)),
+                                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))};
+    pairs8<kGrad>(st, x, part, neg_s, va, vm2sa, sum);
+  }
+  return hsum(sum);
+}
+
+// The pairs of one p-row, in blocks of kBlock pixels with the 12 offsets inside a block: the 24
+// streams of a block (about 24 KiB) stay in L1 across the offsets; a whole row's (180 KiB at 1920
+// pixels) came from L2 for every offset, and L2 bandwidth bounded the loop.
+constexpr int64_t kBlock = 128;  // a multiple of 8: only a row's last block has a masked tail
+
+// Not always_inline: process_rows, which calls it, has no target attribute.
+template <bool kGrad>
+SL_AVX2 double pair_row(const RowTask<float>& t, int64_t row) {
+  float sums[kNumOffsets] = {};
+  for (int64_t from = 0; from < t.width; from += kBlock) {
+    for (int k = 0; k < kNumOffsets; ++k) {
+      if (row + offset_dy(k) >= t.height) continue;
+      sums[k] += row_offset<kGrad>(t, row, k, from, from + kBlock);
+    }
+  }
+  double loss = 0;
+  for (int k = 0; k < kNumOffsets; ++k) loss += static_cast<double>(t.coefs->a[k] * sums[k]);
+  return loss;
+}
+
+struct Pairs {
+  template <typename acc_t, bool kGrad>
+  static SL_ALWAYS_INLINE double row(const RowTask<float>& t, int64_t row) {
+    return pair_row<kGrad>(t, row);
+  }
+};
+
+}  // namespace avx2
+
 template <bool kGrad>
 SL_AVX2 double rows_f32_avx2(const RowTask<float>& t) {
-  return process_rows<float, kGrad>(t);
+  return process_rows<float, kGrad, avx2::Pairs>(t);
 }
 #endif
 template <bool kGrad>
@@ -282,18 +456,46 @@ double rows_f32_default(const RowTask<float>& t) {
   return process_rows<float, kGrad>(t);
 }
 
-template <bool kGrad>
-RowsF32 pick_rows_f32() {
+// The float32 path: torch's CPU capability ("AVX512", "AVX2", ...; ATEN_CPU_CAPABILITY=default|avx2
+// lowers it, for tests) where this CPU has the instructions.
+enum class PathF32 { kAvx512, kAvx2, kDefault };
+
+PathF32 pick_path_f32() {
 #if defined(__GNUC__) && defined(__x86_64__)
-  // torch's choice ("AVX512", "AVX2", ...): ATEN_CPU_CAPABILITY=default|avx2 lowers it for tests.
   const std::string cap = at::get_cpu_capability();
   if (cap.find("AVX512") != std::string::npos && __builtin_cpu_supports("avx512f") &&
       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
-    return rows_f32_avx512<kGrad>;
+    return PathF32::kAvx512;
   if (cap.find("AVX2") != std::string::npos && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    return rows_f32_avx2<kGrad>;
+    return PathF32::kAvx2;
 #endif
-  return rows_f32_default<kGrad>;
+  return PathF32::kDefault;
+}
+
+// The name of a path as `lowlight-fast info` would show it.
+const char* path_name(PathF32 path) {
+  switch (path) {
+    case PathF32::kAvx512:
+      return "avx512";  // rows_f32_avx512: the generic loops compiled for AVX-512 (zmm)
+    case PathF32::kAvx2:
+      return "avx2";  // rows_f32_avx2: the AVX2+FMA intrinsics pair loops
+    default:
+      return "default";  // rows_f32_default: the generic loops compiled for the baseline (SSE2)
+  }
+}
+
+template <bool kGrad>
+RowsF32 pick_rows_f32() {
+  switch (pick_path_f32()) {
+#if defined(__GNUC__) && defined(__x86_64__)
+    case PathF32::kAvx512:
+      return rows_f32_avx512<kGrad>;
+    case PathF32::kAvx2:
+      return rows_f32_avx2<kGrad>;
+#endif
+    default:
+      return rows_f32_default<kGrad>;
+  }
 }
 
 template <typename acc_t, bool kGrad>
@@ -434,6 +636,13 @@ std::tuple<at::Tensor, at::Tensor> smooth_loss_backward_cpu(const at::Tensor& gr
 }
 
 }  // namespace
+
+// The float32 CPU path smooth_loss runs in this process ("avx512", "avx2" or "default"): what
+// pick_rows_f32 chooses, for `lowlight-fast info` (declare it there; no header of its own).
+const char* smooth_loss_cpu_path() {
+  return path_name(pick_path_f32());
+}
+
 }  // namespace smooth
 }  // namespace lowlight_fast
 
