@@ -5,6 +5,8 @@
 
 #include <string>
 
+#include "cpu/dispatch.h"
+
 #ifndef LOWLIGHT_FAST_VERSION
 #define LOWLIGHT_FAST_VERSION "unknown"
 #endif
@@ -58,9 +60,18 @@ pybind11::dict build_info() {
   return info;
 }
 
+// kernel name -> instruction-set path its float32 loops run ("avx512", "avx2", "default"): cpu/dispatch.h.
+pybind11::dict cpu_paths() {
+  pybind11::dict d;
+  for (const auto& [kernel, path] : lowlight_fast::cpu::cpu_paths()) d[pybind11::str(kernel)] = path;
+  return d;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "lowlight_fast compiled kernels; ops live in torch.ops.lowlight_fast";
   m.def("build_info", &build_info, "Which backends this build of lowlight_fast._C contains");
+  m.def("cpu_paths", &cpu_paths,
+        "kernel -> the instruction-set path its CPU loops run in this process (ATEN_CPU_CAPABILITY lowers it)");
 }

@@ -10,8 +10,13 @@
 //   le_curve_shared_backward  reads x, a, grad (9), writes grad_x, grad_a (6): 60 B (+ the reduction of
 //                             the full-resolution grad_a to a low-resolution map, when a is one)
 // Each element is independent: parallel over runs of elements (at::parallel_for), vectorised with
-// `omp simd` loops that are compiled for AVX-512, AVX2 and baseline x86-64 and chosen at load time
-// (target_clones). float16 / bfloat16 runs are converted to float32 in tiles of kTile elements.
+// `omp simd` loops that are compiled for AVX-512, AVX2 and baseline x86-64 and chosen at run time
+// (cpu/dispatch.h: ATEN_CPU_CAPABILITY lowers the choice). float16 / bfloat16 runs are converted to
+// float32 in tiles of kTile elements.
+// The float16/bfloat16 tile buffers are filled by Tile::in before use; GCC cannot see that n > 0.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -24,12 +29,8 @@
 #include "common/checks.h"
 #include "common/le_curve.h"
 #include "cpu/alloc.h"
+#include "cpu/dispatch.h"
 #include "cpu/simd.h"
-
-// The float16/bfloat16 tile buffers are filled by Tile::in before use; GCC cannot see that n > 0.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
 
 namespace lowlight_fast {
 namespace le_curve {
@@ -84,27 +85,29 @@ LOWLIGHT_FAST_INLINE void shared_backward_run(const T* x, const T* a, const T* g
   }
 }
 
-// float32: one copy per instruction set, chosen at load time; float64: baseline only (gradcheck).
-LOWLIGHT_FAST_CLONES void run(const float* x, const float* const* r, float* o4, float* o8, int64_t n) {
-  forward_run(x, r, o4, o8, n);
-}
+// float32 (and the float tiles of 16-bit types): one copy per instruction set, chosen at run time
+// (cpu/dispatch.h); float64: baseline only (gradcheck).
+LOWLIGHT_FAST_CPU_DISPATCH("le_curve", forward_f32, forward_run<float>)
+LOWLIGHT_FAST_CPU_DISPATCH("le_curve_backward", backward_f32, backward_run<float>)
+LOWLIGHT_FAST_CPU_DISPATCH("le_curve_shared", shared_forward_f32, shared_forward_run<float>)
+LOWLIGHT_FAST_CPU_DISPATCH("le_curve_shared_backward", shared_backward_f32, shared_backward_run<float>)
+
+void run(const float* x, const float* const* r, float* o4, float* o8, int64_t n) { forward_f32(x, r, o4, o8, n); }
 void run(const double* x, const double* const* r, double* o4, double* o8, int64_t n) {
   forward_run(x, r, o4, o8, n);
 }
-LOWLIGHT_FAST_CLONES void run(const float* x, const float* const* r, const float* g4, const float* g8, float* gx,
-                              float* const* gr, int64_t n) {
-  backward_run(x, r, g4, g8, gx, gr, n);
+void run(const float* x, const float* const* r, const float* g4, const float* g8, float* gx, float* const* gr,
+         int64_t n) {
+  backward_f32(x, r, g4, g8, gx, gr, n);
 }
 void run(const double* x, const double* const* r, const double* g4, const double* g8, double* gx,
          double* const* gr, int64_t n) {
   backward_run(x, r, g4, g8, gx, gr, n);
 }
-LOWLIGHT_FAST_CLONES void run(const float* x, const float* a, float* out, int64_t n) {
-  shared_forward_run(x, a, out, n);
-}
+void run(const float* x, const float* a, float* out, int64_t n) { shared_forward_f32(x, a, out, n); }
 void run(const double* x, const double* a, double* out, int64_t n) { shared_forward_run(x, a, out, n); }
-LOWLIGHT_FAST_CLONES void run(const float* x, const float* a, const float* g, float* gx, float* ga, int64_t n) {
-  shared_backward_run(x, a, g, gx, ga, n);
+void run(const float* x, const float* a, const float* g, float* gx, float* ga, int64_t n) {
+  shared_backward_f32(x, a, g, gx, ga, n);
 }
 void run(const double* x, const double* a, const double* g, double* gx, double* ga, int64_t n) {
   shared_backward_run(x, a, g, gx, ga, n);

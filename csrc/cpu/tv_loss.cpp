@@ -7,8 +7,8 @@
 // One row of one channel is one unit of work: its vertical differences are taken against the row below
 // (the row above for the gradient); a missing neighbour row is the row itself, so its differences are 0
 // and the loop has no branch. The interior of a row runs in 16 lanes (vectorised, one copy per
-// instruction set: cpu/simd.h); per-row partial sums (double) are reduced in row order, so the value does
-// not depend on the thread count (the AVX2/AVX-512 copies may differ from baseline x86-64 in the last
+// instruction set, chosen at run time: cpu/dispatch.h); per-row partial sums (double) are reduced in row
+// order, so the value does not depend on the thread count (the AVX2/AVX-512 copies may differ from baseline x86-64 in the last
 // bits: they contract multiply-adds).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -28,6 +28,7 @@
 #include "common/checks.h"
 #include "common/tv_loss.h"
 #include "cpu/alloc.h"
+#include "cpu/dispatch.h"
 #include "cpu/simd.h"
 
 namespace lowlight_fast {
@@ -121,8 +122,8 @@ constexpr bool kCanStream = false;
 
 // float32: one copy per instruction set; other dtypes: baseline only. With `stream`, each gradient row
 // is computed into a row buffer (in L1) and streamed out: the arithmetic, and so the value, is the same.
-LOWLIGHT_FAST_CLONES void run_rows(const float* p, float* q, int64_t r0, int64_t r1, int64_t H, int64_t W, float kh,
-                                   float kw, double* ph, double* pw, bool stream) {
+LOWLIGHT_FAST_INLINE void run_rows_f32(const float* p, float* q, int64_t r0, int64_t r1, int64_t H, int64_t W,
+                                       float kh, float kw, double* ph, double* pw, bool stream) {
   if (q == nullptr) {
     tv_rows<false, float, float>(p, q, r0, r1, H, W, kh, kw, ph, pw);
   } else if (!stream) {
@@ -137,6 +138,12 @@ LOWLIGHT_FAST_CLONES void run_rows(const float* p, float* q, int64_t r0, int64_t
     _mm_sfence();  // the streamed stores are visible before the task is reported done
 #endif
   }
+}
+LOWLIGHT_FAST_CPU_DISPATCH("tv_loss", run_rows_f32_dispatched, run_rows_f32)
+
+void run_rows(const float* p, float* q, int64_t r0, int64_t r1, int64_t H, int64_t W, float kh, float kw, double* ph,
+              double* pw, bool stream) {
+  run_rows_f32_dispatched(p, q, r0, r1, H, W, kh, kw, ph, pw, stream);
 }
 template <typename S, typename T>
 void run_rows(const S* p, S* q, int64_t r0, int64_t r1, int64_t H, int64_t W, T kh, T kw, double* ph, double* pw,
