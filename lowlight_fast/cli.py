@@ -217,6 +217,10 @@ def cmd_info(args) -> int:
         ops = sorted({n.split("::")[1] for n in torch._C._dispatch_get_all_op_names()
                       if n.startswith("lowlight_fast::") and not n.endswith("_backward")})
         print(f"ops           {', '.join(ops) or 'none'}")
+        paths = dict(_ext._C.cpu_paths()) if hasattr(_ext._C, "cpu_paths") else {}
+        cap = torch.backends.cpu.get_cpu_capability()
+        print(f"CPU paths     torch capability {cap} (ATEN_CPU_CAPABILITY lowers it); per kernel: "
+              + (", ".join(f"{k} {v}" for k, v in sorted(paths.items())) or "not reported by this build"))
     print(f"CUDA kernels  {'built' if bi.get('cuda') else 'not built'}"
           + (f" (archs {bi.get('cuda_archs')})" if bi.get("cuda") and bi.get("cuda_archs") else ""))
     try:
