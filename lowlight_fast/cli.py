@@ -246,9 +246,11 @@ def cmd_info(args) -> int:
         cache = f"invalid ({exc})"
     if not memory.available():
         cache = "not built"
+    pool = "off" if os.environ.get("LOWLIGHT_FAST_OUTPUT_POOL") == "0" else "on"
     print(f"CPU memory    caching allocator for enhance/demo/train: {cache} "
           f"(LOWLIGHT_FAST_KEEP_FREED_MEMORY); huge pages for kernel outputs: {huge} "
-          f"(LOWLIGHT_FAST_HUGE_PAGES; system THP: {transparent_huge_pages()})")
+          f"(LOWLIGHT_FAST_HUGE_PAGES; system THP: {transparent_huge_pages()}); "
+          f"kernel output pool: {pool} (LOWLIGHT_FAST_OUTPUT_POOL)")
     weights = [m for m in registry.NAMES if registry.get(m).bundled_weights.is_file()]
     print(f"bundled       weights: {', '.join(weights) or 'none'}; samples: {len(registry.bundled_samples())}")
     return 0
