@@ -221,6 +221,10 @@ def test_peak_memory_forward_backward_2048(benchmark, variant):
 # ---- the table of RESULTS.md from a --benchmark-json file ----
 
 
+def _ms(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def _table(path: str) -> str:
     """Median ms of each variant per group, ours vs compiled and eager, and (forward groups) the memory
     floor: our bytes at the bandwidth of the copy measured in the same run."""
@@ -236,14 +240,14 @@ def _table(path: str) -> str:
         if "fused" not in v:
             continue
         med = {k: b["stats"]["median"] * 1e3 for k, b in v.items()}
-        cells = [f"{med[k]:.3g}" if k in med else "" for k in ("eager", "compiled", "fused", "copy")]
+        cells = [_ms(med[k]) if k in med else "" for k in ("eager", "compiled", "fused", "copy")]
         ratio = [f"{med[k] / med['fused']:.2f}x" if k in med else "" for k in ("compiled", "eager")]
         floor = ""
         over = ""
         if "copy" in v:
             bandwidth = v["copy"]["extra_info"]["bytes"] / med["copy"]  # bytes per ms
             floor_ms = v["fused"]["extra_info"]["bytes"] / bandwidth
-            floor = f"{floor_ms:.3g} ({bandwidth / 1e6:.1f} GB/s)"
+            floor = f"{_ms(floor_ms)} ({bandwidth / 1e6:.1f} GB/s)"
             over = f"{med['fused'] / floor_ms:.2f}x"
         rows.append(f"| {group} | " + " | ".join(cells + ratio + [floor, over]) + " |")
     return "\n".join(rows)
