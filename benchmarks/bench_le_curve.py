@@ -5,7 +5,14 @@
 
 Device: LOWLIGHT_FAST_BENCH_DEVICE (cpu | cuda), default cuda when a GPU is visible, else cpu.
 Each case records in extra_info the bytes the fused op must move ("bytes"), so that an effective
-bandwidth can be computed (scripts/gpu_check.sh prints it beside a device-to-device copy's).
+bandwidth can be computed (scripts/gpu_check.sh prints it beside a device-to-device copy's). Each
+forward group also holds "copy": dst.copy_(src) of 1x27xHxW into an existing tensor, the memory
+system's bandwidth in the same run; the forward's memory floor is its bytes at that bandwidth.
+`python benchmarks/bench_le_curve.py --table RESULT.json` (a --benchmark-json file) prints each
+group's times, the ratios and the floor as a markdown table.
+Settings worth comparing (all in the header of the table): ATEN_CPU_CAPABILITY=default|avx2 (the
+instruction-set path of our kernels, and of torch's), LOWLIGHT_FAST_HUGE_PAGES=0 (our huge-page advice
+off), LOWLIGHT_FAST_OUTPUT_POOL=0 (our output pool off: every output is fresh memory).
 Zero-DCE++'s forward+backward (full-resolution map) is not here: inductor spent more than 20 minutes
 compiling the reference's backward on the 2-core CPU without finishing.
 The peak-memory group runs each variant in a fresh subprocess and records the peak over the inputs
@@ -39,7 +46,7 @@ def _sync():
 def _rounds(numel: int) -> int:
     if CUDA:
         return 50
-    return 3 if numel >= 4_000_000 else 10
+    return 5 if numel >= 4_000_000 else 10
 
 
 def _run(benchmark, fn, numel, nbytes, group_extra=None):
@@ -91,6 +98,16 @@ def test_forward(benchmark, size, variant):
     fn = _curve(variant)
     with torch.no_grad():
         _run(benchmark, lambda: fn(x, r), x.numel(), (3 + 24 + 6) * h * w * ITEM)
+
+
+@pytest.mark.parametrize("size", list(INFER))
+def test_forward_copy(benchmark, size):
+    """The bandwidth of this run: dst.copy_(src) of 1x27xHxW float32 into an existing tensor."""
+    benchmark.group = f"le_curve forward {size} {DEVICE}"
+    h, w = INFER[size]
+    src = _image(1, h, w, 27)
+    dst = torch.empty_like(src)
+    _run(benchmark, lambda: dst.copy_(src), src.numel() // 9, 2 * src.numel() * ITEM)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -199,3 +216,46 @@ def test_peak_memory_forward_backward_2048(benchmark, variant):
     benchmark.extra_info["device"] = DEVICE
     print(f"\npeak memory fwd+bwd 2048x2048 {variant} {DEVICE}: {result['peak_mb']:.1f} MiB, "
           f"{result['peak_above_grads_mb']:.1f} MiB above the returned gradients")
+
+
+# ---- the table of RESULTS.md from a --benchmark-json file ----
+
+
+def _ms(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def _table(path: str) -> str:
+    """Median ms of each variant per group, ours vs compiled and eager, and (forward groups) the memory
+    floor: our bytes at the bandwidth of the copy measured in the same run."""
+    data = json.loads(Path(path).read_text())
+    groups: dict[str, dict] = {}
+    for b in data["benchmarks"]:
+        name = b["name"]
+        variant = "copy" if "copy" in name else name.rsplit("-", 1)[-1].rstrip("]")
+        groups.setdefault(b["group"], {})[variant] = b
+    rows = ["| case | eager | compiled | ours | copy | ours vs compiled | ours vs eager | floor | ours / floor |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for group, v in sorted(groups.items()):
+        if "fused" not in v:
+            continue
+        med = {k: b["stats"]["median"] * 1e3 for k, b in v.items()}
+        cells = [_ms(med[k]) if k in med else "" for k in ("eager", "compiled", "fused", "copy")]
+        ratio = [f"{med[k] / med['fused']:.2f}x" if k in med else "" for k in ("compiled", "eager")]
+        floor = ""
+        over = ""
+        if "copy" in v:
+            bandwidth = v["copy"]["extra_info"]["bytes"] / med["copy"]  # bytes per ms
+            floor_ms = v["fused"]["extra_info"]["bytes"] / bandwidth
+            floor = f"{_ms(floor_ms)} ({bandwidth / 1e6:.1f} GB/s)"
+            over = f"{med['fused'] / floor_ms:.2f}x"
+        rows.append(f"| {group} | " + " | ".join(cells + ratio + [floor, over]) + " |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--table", metavar="RESULT_JSON", required=True, help="a pytest --benchmark-json file")
+    print(_table(parser.parse_args().table))

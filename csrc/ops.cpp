@@ -5,6 +5,9 @@
 
 #include <string>
 
+#include "cpu/alloc.h"
+#include "cpu/dispatch.h"
+
 #ifndef LOWLIGHT_FAST_VERSION
 #define LOWLIGHT_FAST_VERSION "unknown"
 #endif
@@ -70,9 +73,35 @@ pybind11::dict build_info() {
   return info;
 }
 
+// kernel name -> instruction-set path its float32 loops run ("avx512", "avx2", "default"): cpu/dispatch.h.
+pybind11::dict cpu_paths() {
+  pybind11::dict d;
+  for (const auto& [kernel, path] : lowlight_fast::cpu::cpu_paths()) d[pybind11::str(kernel)] = path;
+  return d;
+}
+
+// The output pool of the CPU kernels (cpu/alloc.h); lowlight_fast.memory is its Python side.
+pybind11::dict output_pool_stats() {
+  const auto s = lowlight_fast::output_pool::stats();
+  pybind11::dict d;
+  d["enabled"] = s.enabled;
+  d["cached_bytes"] = s.cached_bytes;
+  d["cached_blocks"] = s.cached_blocks;
+  d["live_bytes"] = s.live_bytes;
+  d["hits"] = s.hits;
+  d["misses"] = s.misses;
+  d["limit_bytes"] = s.limit_bytes;
+  return d;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "lowlight_fast compiled kernels; ops live in torch.ops.lowlight_fast";
   m.def("build_info", &build_info, "Which backends this build of lowlight_fast._C contains");
+  m.def("cpu_paths", &cpu_paths,
+        "kernel -> the instruction-set path its CPU loops run in this process (ATEN_CPU_CAPABILITY lowers it)");
+  m.def("output_pool_stats", &output_pool_stats, "Counters of the CPU kernels' output pool");
+  m.def("output_pool_release", &lowlight_fast::output_pool::release,
+        "Give the output pool's held blocks back to the system");
 }

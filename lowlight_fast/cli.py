@@ -217,6 +217,10 @@ def cmd_info(args) -> int:
         ops = sorted({n.split("::")[1] for n in torch._C._dispatch_get_all_op_names()
                       if n.startswith("lowlight_fast::") and not n.endswith("_backward")})
         print(f"ops           {', '.join(ops) or 'none'}")
+        paths = dict(_ext._C.cpu_paths()) if hasattr(_ext._C, "cpu_paths") else {}
+        cap = torch.backends.cpu.get_cpu_capability()
+        print(f"CPU paths     torch capability {cap} (ATEN_CPU_CAPABILITY lowers it); per kernel: "
+              + (", ".join(f"{k} {v}" for k, v in sorted(paths.items())) or "not reported by this build"))
     print(f"CUDA kernels  {'built' if bi.get('cuda') else 'not built'}"
           + (f" (archs {bi.get('cuda_archs')})" if bi.get("cuda") and bi.get("cuda_archs") else ""))
     try:
@@ -242,9 +246,11 @@ def cmd_info(args) -> int:
         cache = f"invalid ({exc})"
     if not memory.available():
         cache = "not built"
+    pool = "off" if os.environ.get("LOWLIGHT_FAST_OUTPUT_POOL") == "0" else "on"
     print(f"CPU memory    caching allocator for enhance/demo/train: {cache} "
           f"(LOWLIGHT_FAST_KEEP_FREED_MEMORY); huge pages for kernel outputs: {huge} "
-          f"(LOWLIGHT_FAST_HUGE_PAGES; system THP: {transparent_huge_pages()})")
+          f"(LOWLIGHT_FAST_HUGE_PAGES; system THP: {transparent_huge_pages()}); "
+          f"kernel output pool: {pool} (LOWLIGHT_FAST_OUTPUT_POOL)")
     weights = [m for m in registry.NAMES if registry.get(m).bundled_weights.is_file()]
     print(f"bundled       weights: {', '.join(weights) or 'none'}; samples: {len(registry.bundled_samples())}")
     return 0

@@ -15,7 +15,16 @@ longer asked for) go back to the system. The cost: up to ``limit`` bytes of free
 process (:func:`release_cached_memory` gives them back). The allocator is the compiled module
 ``lowlight_fast._runtime`` (csrc/runtime), apart from the kernels of ``lowlight_fast._C``.
 
-It is process-wide, so a library only offers it. The environment variable
+Apart from it, and always on unless ``LOWLIGHT_FAST_OUTPUT_POOL=0``: the **output pool** of lowlight_fast's
+own CPU kernels (csrc/cpu/alloc.h). Their big outputs (4 MiB or more: enhanced images, curve and loss
+gradients) are taken from a small pool of the blocks that earlier outputs of theirs left behind, so an
+output of a size seen before is written without page faults. It holds at most 1 GiB (or an eighth of the
+physical memory, if less) of freed blocks, oldest given back first; it stands aside while any other CPU
+allocator is installed (the caching allocator above included, which already reuses memory);
+:func:`release_cached_memory` gives its blocks back too, and :func:`output_pool_stats` has its counters.
+Other tensors are not affected.
+
+The caching allocator is process-wide, so a library only offers it. The environment variable
 ``LOWLIGHT_FAST_KEEP_FREED_MEMORY`` has one meaning everywhere: ``0`` turns it off, ``1`` turns it on,
 unset leaves the caller's default (:func:`keep_freed_memory_by_default`): the ``lowlight-fast`` command
 turns it on for itself, the library and the benchmarks leave it off.
@@ -32,6 +41,7 @@ __all__ = [
     "keep_freed_memory_by_default",
     "keep_freed_memory_if_asked",
     "keep_freed_memory_wanted",
+    "output_pool_stats",
     "release_cached_memory",
     "stop_keeping_freed_memory",
 ]
@@ -80,10 +90,29 @@ def stop_keeping_freed_memory() -> None:
 
 
 def release_cached_memory() -> None:
-    """Give the cached (freed, kept) blocks back to the system; caching stays on."""
+    """Give the cached (freed, kept) blocks back to the system: the caching allocator's and the kernels'
+    output pool's; both stay on."""
     rt = _runtime()
     if rt is not None:
         rt.cache_empty()
+    c = _kernels()
+    if c is not None and hasattr(c, "output_pool_release"):
+        c.output_pool_release()
+
+
+def _kernels():
+    from lowlight_fast import _ext  # imports torch
+
+    return _ext._C
+
+
+def output_pool_stats() -> dict:
+    """The counters of the CPU kernels' output pool: enabled (LOWLIGHT_FAST_OUTPUT_POOL is not 0),
+    cached_bytes, cached_blocks, live_bytes, hits, misses, limit_bytes."""
+    c = _kernels()
+    if c is None or not hasattr(c, "output_pool_stats"):
+        return {"enabled": False}
+    return dict(c.output_pool_stats())
 
 
 def cached_memory_stats() -> dict:

@@ -9,9 +9,16 @@
 //                             sampled bilinearly (align_corners=True) and never written at full size
 //   le_curve_shared_backward  reads x, a, grad (9), writes grad_x, grad_a (6): 60 B (+ the reduction of
 //                             the full-resolution grad_a to a low-resolution map, when a is one)
+// Outputs larger than the cache are computed into L1 tiles and written with non-temporal stores, from
+// the output pool (cpu/alloc.h).
 // Each element is independent: parallel over runs of elements (at::parallel_for), vectorised with
-// `omp simd` loops that are compiled for AVX-512, AVX2 and baseline x86-64 and chosen at load time
-// (target_clones). float16 / bfloat16 runs are converted to float32 in tiles of kTile elements.
+// `omp simd` loops that are compiled for AVX-512, AVX2 and baseline x86-64 and chosen at run time
+// (cpu/dispatch.h: ATEN_CPU_CAPABILITY lowers the choice). float16 / bfloat16 runs are converted to
+// float32 in tiles of kTile elements.
+// The float16/bfloat16 tile buffers are filled by Tile::in before use; GCC cannot see that n > 0.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -24,12 +31,8 @@
 #include "common/checks.h"
 #include "common/le_curve.h"
 #include "cpu/alloc.h"
+#include "cpu/dispatch.h"
 #include "cpu/simd.h"
-
-// The float16/bfloat16 tile buffers are filled by Tile::in before use; GCC cannot see that n > 0.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
 
 namespace lowlight_fast {
 namespace le_curve {
@@ -84,27 +87,29 @@ LOWLIGHT_FAST_INLINE void shared_backward_run(const T* x, const T* a, const T* g
   }
 }
 
-// float32: one copy per instruction set, chosen at load time; float64: baseline only (gradcheck).
-LOWLIGHT_FAST_CLONES void run(const float* x, const float* const* r, float* o4, float* o8, int64_t n) {
-  forward_run(x, r, o4, o8, n);
-}
+// float32 (and the float tiles of 16-bit types): one copy per instruction set, chosen at run time
+// (cpu/dispatch.h); float64: baseline only (gradcheck).
+LOWLIGHT_FAST_CPU_DISPATCH("le_curve", forward_f32, forward_run<float>)
+LOWLIGHT_FAST_CPU_DISPATCH("le_curve_backward", backward_f32, backward_run<float>)
+LOWLIGHT_FAST_CPU_DISPATCH("le_curve_shared", shared_forward_f32, shared_forward_run<float>)
+LOWLIGHT_FAST_CPU_DISPATCH("le_curve_shared_backward", shared_backward_f32, shared_backward_run<float>)
+
+void run(const float* x, const float* const* r, float* o4, float* o8, int64_t n) { forward_f32(x, r, o4, o8, n); }
 void run(const double* x, const double* const* r, double* o4, double* o8, int64_t n) {
   forward_run(x, r, o4, o8, n);
 }
-LOWLIGHT_FAST_CLONES void run(const float* x, const float* const* r, const float* g4, const float* g8, float* gx,
-                              float* const* gr, int64_t n) {
-  backward_run(x, r, g4, g8, gx, gr, n);
+void run(const float* x, const float* const* r, const float* g4, const float* g8, float* gx, float* const* gr,
+         int64_t n) {
+  backward_f32(x, r, g4, g8, gx, gr, n);
 }
 void run(const double* x, const double* const* r, const double* g4, const double* g8, double* gx,
          double* const* gr, int64_t n) {
   backward_run(x, r, g4, g8, gx, gr, n);
 }
-LOWLIGHT_FAST_CLONES void run(const float* x, const float* a, float* out, int64_t n) {
-  shared_forward_run(x, a, out, n);
-}
+void run(const float* x, const float* a, float* out, int64_t n) { shared_forward_f32(x, a, out, n); }
 void run(const double* x, const double* a, double* out, int64_t n) { shared_forward_run(x, a, out, n); }
-LOWLIGHT_FAST_CLONES void run(const float* x, const float* a, const float* g, float* gx, float* ga, int64_t n) {
-  shared_backward_run(x, a, g, gx, ga, n);
+void run(const float* x, const float* a, const float* g, float* gx, float* ga, int64_t n) {
+  shared_backward_f32(x, a, g, gx, ga, n);
 }
 void run(const double* x, const double* a, const double* g, double* gx, double* ga, int64_t n) {
   shared_backward_run(x, a, g, gx, ga, n);
@@ -126,16 +131,19 @@ struct Tile {
       return buf;
     }
   }
-  // Where to write n elements destined for p; flush() stores them there.
-  static T* out(S* p, T* buf) {
+  // Where to write n elements destined for p (p itself, or buf when converting or streaming); flush()
+  // stores them there, with non-temporal stores when `stream` (float32 / float64 only).
+  static T* out(S* p, T* buf, bool stream) {
     if constexpr (kDirect) {
-      return p;
+      return stream ? buf : p;
     } else {
       return buf;
     }
   }
-  static void flush(S* p, const T* buf, int64_t n) {
-    if constexpr (!kDirect) {
+  static void flush(S* p, const T* buf, int64_t n, bool stream) {
+    if constexpr (kDirect) {
+      if (stream) stream_copy(p, buf, n);
+    } else {
       for (int64_t i = 0; i < n; ++i) p[i] = static_cast<S>(buf[i]);
     }
   }
@@ -145,6 +153,9 @@ struct Tile {
     return z;
   }
 };
+
+// Whether outputs of `bytes` in all are written with non-temporal stores (cpu/simd.h).
+bool stream_outputs(int64_t bytes) { return kCanStream && bytes >= kStreamBytes; }
 
 // Calls fn(plane, p, n) on runs [p, p + n) of at most kTile elements within one plane, for all planes.
 template <typename Fn>
@@ -157,6 +168,7 @@ void for_each_run(int64_t planes, int64_t plane_size, const Fn& fn) {
       fn(plane, p, n);
       i += n;
     }
+    stream_fence();
   });
 }
 
@@ -192,6 +204,7 @@ void for_each_map_run(const at::Tensor& a, int64_t planes, int64_t H, int64_t W,
         fn(plane, oy * W + x0, n, static_cast<const T*>(buf));
       }
     }
+    stream_fence();
   });
 }
 
@@ -223,6 +236,7 @@ std::tuple<at::Tensor, at::Tensor> le_curve_cpu(const at::Tensor& x_in, const at
   const at::Tensor x = x_in.contiguous(), r = r_in.contiguous();
   at::Tensor out4 = empty_output_like(x), out8 = empty_output_like(x);
   const int64_t HW = x.size(2) * x.size(3);
+  const bool stream = stream_outputs(2 * int64_t(x.nbytes()));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "le_curve_cpu", [&] {
     using IO = Tile<scalar_t>;
     using T = typename IO::T;
@@ -236,11 +250,11 @@ std::tuple<at::Tensor, at::Tensor> le_curve_cpu(const at::Tensor& x_in, const at
       const T* rt[kSteps];
       for (int k = 0; k < kSteps; ++k) rt[k] = IO::in(rp + ((b * kSteps + k) * kChannels + c) * HW + p, rb[k], n);
       const int64_t off = plane * HW + p;
-      T* o4 = IO::out(o4p + off, o4b);
-      T* o8 = IO::out(o8p + off, o8b);
+      T* o4 = IO::out(o4p + off, o4b, stream);
+      T* o8 = IO::out(o8p + off, o8b, stream);
       run(IO::in(xp + off, xb, n), rt, o4, o8, n);
-      IO::flush(o4p + off, o4, n);
-      IO::flush(o8p + off, o8, n);
+      IO::flush(o4p + off, o4, n, stream);
+      IO::flush(o8p + off, o8, n, stream);
     });
   });
   return {out4, out8};
@@ -262,6 +276,7 @@ std::tuple<at::Tensor, at::Tensor> le_curve_backward_cpu(const at::Tensor& x_in,
   const at::Tensor g8 = has8 ? grad8_in->contiguous() : at::Tensor();
   at::Tensor grad_x = empty_output_like(x), grad_r = empty_output_like(r);
   const int64_t HW = x.size(2) * x.size(3);
+  const bool stream = stream_outputs(int64_t(x.nbytes() + r.nbytes()));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "le_curve_backward_cpu", [&] {
     using IO = Tile<scalar_t>;
     using T = typename IO::T;
@@ -279,15 +294,17 @@ std::tuple<at::Tensor, at::Tensor> le_curve_backward_cpu(const at::Tensor& x_in,
       for (int k = 0; k < kSteps; ++k) {
         const int64_t roff = ((b * kSteps + k) * kChannels + c) * HW + p;
         rt[k] = IO::in(rp + roff, rb[k], n);
-        grt[k] = IO::out(grp + roff, grb[k]);
+        grt[k] = IO::out(grp + roff, grb[k], stream);
       }
       const int64_t off = plane * HW + p;
       const T* g4t = has4 ? IO::in(g4p + off, g4b, n) : IO::zeros();
       const T* g8t = has8 ? IO::in(g8p + off, g8b, n) : IO::zeros();
-      T* gx = IO::out(gxp + off, gxb);
+      T* gx = IO::out(gxp + off, gxb, stream);
       run(IO::in(xp + off, xb, n), rt, g4t, g8t, gx, grt, n);
-      IO::flush(gxp + off, gx, n);
-      for (int k = 0; k < kSteps; ++k) IO::flush(grp + ((b * kSteps + k) * kChannels + c) * HW + p, grt[k], n);
+      IO::flush(gxp + off, gx, n, stream);
+      for (int k = 0; k < kSteps; ++k) {
+        IO::flush(grp + ((b * kSteps + k) * kChannels + c) * HW + p, grt[k], n, stream);
+      }
     });
   });
   return {grad_x, grad_r};
@@ -299,6 +316,7 @@ at::Tensor le_curve_shared_cpu(const at::Tensor& x_in, const at::Tensor& a_in) {
   const at::Tensor x = x_in.contiguous(), a = a_in.contiguous();
   at::Tensor out = empty_output_like(x);
   const int64_t H = x.size(2), W = x.size(3);
+  const bool stream = stream_outputs(int64_t(x.nbytes()));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "le_curve_shared_cpu", [&] {
     using IO = Tile<scalar_t>;
     using T = typename IO::T;
@@ -308,9 +326,9 @@ at::Tensor le_curve_shared_cpu(const at::Tensor& x_in, const at::Tensor& a_in) {
                                                                    const T* amap) {
       T xb[kTile], ob[kTile];
       const int64_t off = plane * H * W + p;
-      T* o = IO::out(op + off, ob);
+      T* o = IO::out(op + off, ob, stream);
       run(IO::in(xp + off, xb, n), amap, o, n);
-      IO::flush(op + off, o, n);
+      IO::flush(op + off, o, n, stream);
     });
   });
   return out;
@@ -328,7 +346,8 @@ std::tuple<at::Tensor, at::Tensor> le_curve_shared_backward_cpu(const at::Tensor
   // grad_a at full resolution: in a's dtype when it is the answer, else in the math type until reduced.
   const at::ScalarType math_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor grad_x = empty_output_like(x);
-  at::Tensor grad_a_full = full ? at::empty_like(x) : at::empty(x.sizes(), x.options().dtype(math_type));
+  at::Tensor grad_a_full = full ? empty_output_like(x) : at::empty(x.sizes(), x.options().dtype(math_type));
+  const bool stream = stream_outputs(int64_t(full ? 2 * x.nbytes() : x.nbytes()));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "le_curve_shared_backward_cpu", [&] {
     using IO = Tile<scalar_t>;
     using T = typename IO::T;
@@ -340,11 +359,11 @@ std::tuple<at::Tensor, at::Tensor> le_curve_shared_backward_cpu(const at::Tensor
     for_each_map_run<scalar_t>(a, B * kChannels, H, W, [&](int64_t plane, int64_t p, int64_t n, const T* amap) {
       T xb[kTile], gb[kTile], gxb[kTile], gab[kTile];
       const int64_t off = plane * H * W + p;
-      T* gx = IO::out(gxp + off, gxb);
-      T* ga = full ? IO::out(gap + off, gab) : gap_math + off;
+      T* gx = IO::out(gxp + off, gxb, stream);
+      T* ga = full ? IO::out(gap + off, gab, stream) : gap_math + off;
       run(IO::in(xp + off, xb, n), amap, IO::in(gp + off, gb, n), gx, ga, n);
-      IO::flush(gxp + off, gx, n);
-      if (full) IO::flush(gap + off, ga, n);
+      IO::flush(gxp + off, gx, n, stream);
+      if (full) IO::flush(gap + off, ga, n, stream);
     });
   });
   if (full) return {grad_x, grad_a_full};

@@ -7,8 +7,8 @@
 // One row of one channel is one unit of work: its vertical differences are taken against the row below
 // (the row above for the gradient); a missing neighbour row is the row itself, so its differences are 0
 // and the loop has no branch. The interior of a row runs in 16 lanes (vectorised, one copy per
-// instruction set: cpu/simd.h); per-row partial sums (double) are reduced in row order, so the value does
-// not depend on the thread count (the AVX2/AVX-512 copies may differ from baseline x86-64 in the last
+// instruction set, chosen at run time: cpu/dispatch.h); per-row partial sums (double) are reduced in row
+// order, so the value does not depend on the thread count (the AVX2/AVX-512 copies may differ from baseline x86-64 in the last
 // bits: they contract multiply-adds).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -21,22 +21,16 @@
 #include <tuple>
 #include <vector>
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
-
 #include "common/checks.h"
 #include "common/tv_loss.h"
 #include "cpu/alloc.h"
+#include "cpu/dispatch.h"
 #include "cpu/simd.h"
 
 namespace lowlight_fast {
 namespace {
 
 constexpr int kLanes = 16;
-// Gradients at least this large are written with non-temporal stores: they do not fit in the cache, so
-// reading their lines before writing them (what a normal store does) is wasted memory traffic.
-constexpr int64_t kStreamBytes = int64_t(16) << 20;
 
 void check_tv_input(const at::Tensor& x, const char* op) {
   check::image(op, x, "x", check::kAnyChannels, 2, 2, "L_TV divides by H-1 and W-1");
@@ -104,25 +98,10 @@ LOWLIGHT_FAST_INLINE void tv_rows(const S* p, S* q, int64_t r0, int64_t r1, int6
   }
 }
 
-#if defined(__x86_64__)
-// Copies a finished gradient row to memory with non-temporal stores (no read of the destination lines,
-// no eviction of the inputs from the cache): 20% less time for gradients larger than the cache.
-LOWLIGHT_FAST_INLINE void stream_row(float* dst, const float* src, int64_t n) {
-  int64_t i = 0;
-  for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 15) != 0; ++i) dst[i] = src[i];
-  for (; i + 4 <= n; i += 4) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
-  for (; i < n; ++i) dst[i] = src[i];
-}
-constexpr bool kCanStream = true;
-#else
-LOWLIGHT_FAST_INLINE void stream_row(float* dst, const float* src, int64_t n) { std::copy(src, src + n, dst); }
-constexpr bool kCanStream = false;
-#endif
-
 // float32: one copy per instruction set; other dtypes: baseline only. With `stream`, each gradient row
 // is computed into a row buffer (in L1) and streamed out: the arithmetic, and so the value, is the same.
-LOWLIGHT_FAST_CLONES void run_rows(const float* p, float* q, int64_t r0, int64_t r1, int64_t H, int64_t W, float kh,
-                                   float kw, double* ph, double* pw, bool stream) {
+LOWLIGHT_FAST_INLINE void run_rows_f32(const float* p, float* q, int64_t r0, int64_t r1, int64_t H, int64_t W,
+                                       float kh, float kw, double* ph, double* pw, bool stream) {
   if (q == nullptr) {
     tv_rows<false, float, float>(p, q, r0, r1, H, W, kh, kw, ph, pw);
   } else if (!stream) {
@@ -131,12 +110,16 @@ LOWLIGHT_FAST_CLONES void run_rows(const float* p, float* q, int64_t r0, int64_t
     std::vector<float> buffer(W);
     for (int64_t r = r0; r < r1; ++r) {
       tv_stack_row<true, float, float>(p, buffer.data(), r, H, W, kh, kw, ph, pw);
-      stream_row(q + r * W, buffer.data(), W);
+      stream_copy(q + r * W, buffer.data(), W);  // non-temporal stores (cpu/simd.h)
     }
-#if defined(__x86_64__)
-    _mm_sfence();  // the streamed stores are visible before the task is reported done
-#endif
+    stream_fence();  // the streamed stores are visible before the task is reported done
   }
+}
+LOWLIGHT_FAST_CPU_DISPATCH("tv_loss", run_rows_f32_dispatched, run_rows_f32)
+
+void run_rows(const float* p, float* q, int64_t r0, int64_t r1, int64_t H, int64_t W, float kh, float kw, double* ph,
+              double* pw, bool stream) {
+  run_rows_f32_dispatched(p, q, r0, r1, H, W, kh, kw, ph, pw, stream);
 }
 template <typename S, typename T>
 void run_rows(const S* p, S* q, int64_t r0, int64_t r1, int64_t H, int64_t W, T kh, T kw, double* ph, double* pw,

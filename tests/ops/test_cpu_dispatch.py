@@ -1,0 +1,137 @@
+"""The run-time instruction-set choice of the CPU kernels (csrc/cpu/dispatch.h) and its report.
+
+Each path is forced in a subprocess with ATEN_CPU_CAPABILITY (the choice is made once per process), and
+its results are compared with the float64 reference: the AVX2 and baseline copies both have to be right,
+not just the one this machine would pick.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lowlight_fast import _ext
+
+ROOT = Path(__file__).resolve().parents[2]
+KERNELS = {"le_curve", "le_curve_backward", "le_curve_shared", "le_curve_shared_backward", "tv_loss"}
+
+_CHILD = r"""
+import json, torch
+import lowlight_fast
+from lowlight_fast import _ext
+from lowlight_fast.reference import curve, zerodce_losses
+OPS = torch.ops.lowlight_fast
+torch.manual_seed(0)
+
+def err(got, want):
+    return ((got.double() - want).abs() / (want.abs() + 1)).max().item()
+
+errors = {}
+# widths that leave vector tails; > 512 elements per plane so that runs of full tiles occur too
+x = torch.rand(2, 3, 19, 37, dtype=torch.float64)
+r = torch.rand(2, 24, 19, 37, dtype=torch.float64) * 2 - 1
+g4, g8 = torch.randn(2, 3, 19, 37, dtype=torch.float64), torch.randn(2, 3, 19, 37, dtype=torch.float64)
+o4, o8 = OPS.le_curve(x.float(), r.float())
+xd, rd = x.clone().requires_grad_(), r.clone().requires_grad_()
+w4, w8 = curve.le_curve(xd, rd)
+wx, wr = torch.autograd.grad((w4, w8), (xd, rd), (g4, g8))
+gx, gr = OPS.le_curve_backward(x.float(), r.float(), g4.float(), g8.float())
+errors["le_curve"] = max(err(o4, w4), err(o8, w8))
+errors["le_curve_backward"] = max(err(gx, wx), err(gr, wr))
+
+a = torch.rand(2, 3, 5, 7, dtype=torch.float64) * 2 - 1
+ad = a.clone().requires_grad_()
+xd = x.clone().requires_grad_()
+want = curve.le_curve_shared(xd, ad)
+wx, wa = torch.autograd.grad(want, (xd, ad), g8)
+got = OPS.le_curve_shared(x.float(), a.float())
+gx, ga = OPS.le_curve_shared_backward(x.float(), a.float(), g8.float())
+errors["le_curve_shared"] = err(got, want)
+errors["le_curve_shared_backward"] = max(err(gx, wx), err(ga, wa))
+
+# tv_loss: a small map, and one of 16 MiB (its gradient takes the non-temporal-store branch)
+tv = 0.0
+for shape in [(2, 24, 19, 37), (1, 4, 1024, 1024)]:
+    m = torch.randn(shape, dtype=torch.float64)
+    md = m.clone().requires_grad_()
+    want = zerodce_losses.illumination_smoothness(md)
+    (wg,) = torch.autograd.grad(want * 0.5, md)
+    loss, grad = OPS.tv_loss_with_grad(m.float(), 0.5)
+    tv = max(tv, err(OPS.tv_loss(m.float()), want), err(loss, want * 0.5), err(grad, wg))
+errors["tv_loss"] = tv
+print(json.dumps({"paths": dict(_ext._C.cpu_paths()), "capability": torch.backends.cpu.get_cpu_capability(),
+                  "errors": errors}))
+"""
+
+
+def _needs_extension():
+    if not _ext.has_op("le_curve") or not hasattr(_ext._C, "cpu_paths"):
+        pytest.fail("lowlight_fast._C is not built (scripts/setup.sh builds it)")
+
+
+def _run_child(capability: str | None) -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env.pop("ATEN_CPU_CAPABILITY", None)
+    if capability is not None:
+        env["ATEN_CPU_CAPABILITY"] = capability
+    proc = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _machine_best() -> str:
+    """The path this machine allows, from torch's own (unlowered) capability in this process."""
+    cap = os.environ.get("ATEN_CPU_CAPABILITY")
+    if cap:
+        pytest.skip("this test process itself runs with ATEN_CPU_CAPABILITY set")
+    cap = torch.backends.cpu.get_cpu_capability()
+    return {"AVX512": "avx512", "AVX2": "avx2"}.get(cap, "default")
+
+
+@pytest.mark.parametrize("forced", ["default", "avx2", None])
+def test_forced_path_is_reported_and_correct(forced):
+    _needs_extension()
+    best = _machine_best()
+    rank = ["default", "avx2", "avx512"]
+    want = best if forced is None else rank[min(rank.index(forced), rank.index(best))]
+    out = _run_child(forced)
+    assert set(out["paths"]) >= KERNELS
+    assert set(out["paths"].values()) == {want}, out
+    # float32 against float64: the copies differ only in rounding (AVX2 contracts multiply-adds)
+    for kernel, e in out["errors"].items():
+        assert e < 2e-5, (kernel, e, out)
+
+
+def test_paths_of_this_process_are_a_known_path():
+    _needs_extension()
+    paths = dict(_ext._C.cpu_paths())
+    assert set(paths) >= KERNELS
+    assert set(paths.values()) <= {"default", "avx2", "avx512"}
+
+
+def test_info_names_the_path_of_each_kernel(capsys):
+    _needs_extension()
+    from lowlight_fast import cli
+
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("CPU paths"))
+    for kernel, path in dict(_ext._C.cpu_paths()).items():
+        assert f"{kernel} {path}" in line, line
+
+
+def test_info_in_a_process_forced_to_the_baseline():
+    _needs_extension()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               ATEN_CPU_CAPABILITY="default", LOWLIGHT_FAST_KEEP_FREED_MEMORY="0")
+    proc = subprocess.run([sys.executable, "-m", "lowlight_fast", "info"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("CPU paths"))
+    for kernel in KERNELS:
+        assert f"{kernel} default" in line, line
