@@ -2,21 +2,12 @@
 // Per-instruction-set copies of a function are made and chosen by cpu/dispatch.h
 // (LOWLIGHT_FAST_CPU_DISPATCH); the loops they call must be LOWLIGHT_FAST_INLINE so that each copy
 // compiles them for its instruction set.
-//
-// LOWLIGHT_FAST_CLONES (GCC target_clones, chosen by the CPU at load time, blind to ATEN_CPU_CAPABILITY
-// and unreported) remains only until the kernels still using it move to LOWLIGHT_FAST_CPU_DISPATCH.
 #pragma once
 
 #include <cstdint>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
-#endif
-
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__x86_64__) && defined(__linux__)
-#define LOWLIGHT_FAST_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define LOWLIGHT_FAST_CLONES
 #endif
 
 #if defined(__GNUC__)

@@ -30,6 +30,7 @@
 #include "common/checks.h"
 #include "common/smooth_loss.h"
 #include "cpu/alloc.h"
+#include "cpu/dispatch.h"
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
@@ -460,29 +461,20 @@ double rows_f32_default(const RowTask<float>& t) {
 // lowers it, for tests) where this CPU has the instructions.
 enum class PathF32 { kAvx512, kAvx2, kDefault };
 
+// The path every dispatched CPU kernel runs (cpu/dispatch.h: torch's capability, lowered by
+// ATEN_CPU_CAPABILITY, and this CPU's support); the AVX2 copy is hand-written, so it is picked here.
 PathF32 pick_path_f32() {
-#if defined(__GNUC__) && defined(__x86_64__)
-  const std::string cap = at::get_cpu_capability();
-  if (cap.find("AVX512") != std::string::npos && __builtin_cpu_supports("avx512f") &&
-      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
-    return PathF32::kAvx512;
-  if (cap.find("AVX2") != std::string::npos && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    return PathF32::kAvx2;
-#endif
-  return PathF32::kDefault;
-}
-
-// The name of a path as `lowlight-fast info` would show it.
-const char* path_name(PathF32 path) {
-  switch (path) {
-    case PathF32::kAvx512:
-      return "avx512";  // rows_f32_avx512: the generic loops compiled for AVX-512 (zmm)
-    case PathF32::kAvx2:
-      return "avx2";  // rows_f32_avx2: the AVX2+FMA intrinsics pair loops
+  switch (::lowlight_fast::cpu::chosen_path()) {
+    case ::lowlight_fast::cpu::Path::kAvx512:
+      return PathF32::kAvx512;
+    case ::lowlight_fast::cpu::Path::kAvx2:
+      return PathF32::kAvx2;
     default:
-      return "default";  // rows_f32_default: the generic loops compiled for the baseline (SSE2)
+      return PathF32::kDefault;
   }
 }
+
+[[maybe_unused]] const bool smooth_loss_registered = ::lowlight_fast::cpu::register_kernel("smooth_loss");
 
 template <bool kGrad>
 RowsF32 pick_rows_f32() {
@@ -636,12 +628,6 @@ std::tuple<at::Tensor, at::Tensor> smooth_loss_backward_cpu(const at::Tensor& gr
 }
 
 }  // namespace
-
-// The float32 CPU path smooth_loss runs in this process ("avx512", "avx2" or "default"): what
-// pick_rows_f32 chooses, for `lowlight-fast info` (declare it there; no header of its own).
-const char* smooth_loss_cpu_path() {
-  return path_name(pick_path_f32());
-}
 
 }  // namespace smooth
 }  // namespace lowlight_fast

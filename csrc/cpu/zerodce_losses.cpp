@@ -16,6 +16,7 @@
 #include "common/checks.h"
 #include "common/zerodce_losses.h"
 #include "cpu/alloc.h"
+#include "cpu/dispatch.h"
 #include "cpu/simd.h"
 
 namespace lowlight_fast {
@@ -124,10 +125,11 @@ LOWLIGHT_FAST_INLINE void pool_tasks(const S* e, const S* l, S* pe, S* pl, doubl
   }
 }
 
-// float32: one copy per instruction set (cpu/simd.h); other dtypes: baseline.
-LOWLIGHT_FAST_CLONES void run_pool_tasks(const float* e, const float* l, float* pe, float* pl, double* partial,
-                                         int64_t t0, int64_t t1, int64_t H, int64_t W, float* col, float* comb) {
-  pool_tasks<float, float>(e, l, pe, pl, partial, t0, t1, H, W, col, comb);
+// float32: one copy per instruction set, chosen at run time (cpu/dispatch.h); other dtypes: baseline.
+LOWLIGHT_FAST_CPU_DISPATCH("zerodce_pooled", pool_tasks_f32, (pool_tasks<float, float>))
+void run_pool_tasks(const float* e, const float* l, float* pe, float* pl, double* partial, int64_t t0, int64_t t1,
+                    int64_t H, int64_t W, float* col, float* comb) {
+  pool_tasks_f32(e, l, pe, pl, partial, t0, t1, H, W, col, comb);
 }
 template <typename S, typename acc_t>
 void run_pool_tasks(const S* e, const S* l, S* pe, S* pl, double* partial, int64_t t0, int64_t t1, int64_t H,
