@@ -18,11 +18,14 @@
 #include <algorithm>
 #include <cmath>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "common/checks.h"
 #include "common/zerodce_losses.h"
 #include "cpu/alloc.h"
+#include "cpu/dispatch.h"
+#include "cpu/simd.h"
 
 namespace lowlight_fast {
 namespace {
@@ -332,6 +335,76 @@ at::Tensor from_values(const std::vector<double>& v, at::IntArrayRef sizes, cons
   return out;
 }
 
+// The pixel loops of one task (n pixels of each of the 3 planes, `plane` apart): sums of the distances
+// and of the unit vectors; and the gradient k (u - ubar) with c = k ubar.
+template <typename S>
+LOWLIGHT_FAST_INLINE void saturation_sums_impl(const S* p0, int64_t plane, int64_t n, const at::opmath_type<S>* m,
+                                               at::opmath_type<S>* sums) {
+  using acc_t = at::opmath_type<S>;
+  const S* p1 = p0 + plane;
+  const S* p2 = p1 + plane;
+  const acc_t m0 = m[0], m1 = m[1], m2 = m[2];
+  acc_t dist = 0, u0 = 0, u1 = 0, u2 = 0;
+#pragma omp simd reduction(+ : dist, u0, u1, u2)
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t d0 = acc_t(p0[i]) - m0, d1 = acc_t(p1[i]) - m1, d2 = acc_t(p2[i]) - m2;
+    const acc_t r = std::sqrt(d0 * d0 + d1 * d1 + d2 * d2);
+    const acc_t inv = r > acc_t(0) ? acc_t(1) / r : acc_t(0);
+    dist += r;
+    u0 += d0 * inv;
+    u1 += d1 * inv;
+    u2 += d2 * inv;
+  }
+  sums[0] = dist;
+  sums[1] = u0;
+  sums[2] = u1;
+  sums[3] = u2;
+}
+
+template <typename S>
+LOWLIGHT_FAST_INLINE void saturation_grad_impl(const S* p0, S* o0, int64_t plane, int64_t n,
+                                               const at::opmath_type<S>* m, const at::opmath_type<S>* c,
+                                               at::opmath_type<S> k) {
+  using acc_t = at::opmath_type<S>;
+  const S* p1 = p0 + plane;
+  const S* p2 = p1 + plane;
+  S* o1 = o0 + plane;
+  S* o2 = o1 + plane;
+  const acc_t m0 = m[0], m1 = m[1], m2 = m[2], c0 = c[0], c1 = c[1], c2 = c[2];
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t d0 = acc_t(p0[i]) - m0, d1 = acc_t(p1[i]) - m1, d2 = acc_t(p2[i]) - m2;
+    const acc_t r = std::sqrt(d0 * d0 + d1 * d1 + d2 * d2);
+    const acc_t inv = r > acc_t(0) ? k / r : acc_t(0);
+    o0[i] = S(d0 * inv - c0);
+    o1[i] = S(d1 * inv - c1);
+    o2[i] = S(d2 * inv - c2);
+  }
+}
+
+// float32: one copy per instruction set, chosen at run time (cpu/dispatch.h); other dtypes: baseline.
+LOWLIGHT_FAST_CPU_DISPATCH("zerodce_saturation", saturation_sums_f32, saturation_sums_impl<float>)
+LOWLIGHT_FAST_CPU_DISPATCH("zerodce_saturation", saturation_grad_f32, saturation_grad_impl<float>)
+
+template <typename S>
+void saturation_sums(const S* p0, int64_t plane, int64_t n, const at::opmath_type<S>* m, at::opmath_type<S>* sums) {
+  if constexpr (std::is_same_v<S, float>) {
+    saturation_sums_f32(p0, plane, n, m, sums);
+  } else {
+    saturation_sums_impl<S>(p0, plane, n, m, sums);
+  }
+}
+
+template <typename S>
+void saturation_grad(const S* p0, S* o0, int64_t plane, int64_t n, const at::opmath_type<S>* m,
+                     const at::opmath_type<S>* c, at::opmath_type<S> k) {
+  if constexpr (std::is_same_v<S, float>) {
+    saturation_grad_f32(p0, o0, plane, n, m, c, k);
+  } else {
+    saturation_grad_impl<S>(p0, o0, plane, n, m, c, k);
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> zerodce_saturation_cpu(const at::Tensor& x_in) {
   check::image("zerodce_saturation", x_in, "x", kChannels);
   const at::Tensor x = x_in.contiguous();
@@ -350,24 +423,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> zerodce_saturation_cpu(const at::
         const int64_t b = t / s.tasks_per_image, y0 = (t % s.tasks_per_image) * kSatRows;
         const int64_t n = (std::min(s.H, y0 + kSatRows) - y0) * s.W;
         const scalar_t* p0 = xp + b * kChannels * plane + y0 * s.W;
-        const scalar_t* p1 = p0 + plane;
-        const scalar_t* p2 = p1 + plane;
-        const acc_t m0 = acc_t(means[b * 3]), m1 = acc_t(means[b * 3 + 1]), m2 = acc_t(means[b * 3 + 2]);
-        acc_t dist = 0, u0 = 0, u1 = 0, u2 = 0;
-        _Pragma("omp simd reduction(+ : dist, u0, u1, u2)")
-        for (int64_t i = 0; i < n; ++i) {
-          const acc_t d0 = acc_t(p0[i]) - m0, d1 = acc_t(p1[i]) - m1, d2 = acc_t(p2[i]) - m2;
-          const acc_t r = std::sqrt(d0 * d0 + d1 * d1 + d2 * d2);
-          const acc_t inv = r > acc_t(0) ? acc_t(1) / r : acc_t(0);
-          dist += r;
-          u0 += d0 * inv;
-          u1 += d1 * inv;
-          u2 += d2 * inv;
-        }
-        partial[t * 4] = double(dist);
-        partial[t * 4 + 1] = double(u0);
-        partial[t * 4 + 2] = double(u1);
-        partial[t * 4 + 3] = double(u2);
+        const acc_t m[3] = {acc_t(means[b * 3]), acc_t(means[b * 3 + 1]), acc_t(means[b * 3 + 2])};
+        acc_t task_sums[4];
+        saturation_sums(p0, plane, n, m, task_sums);
+        for (int k = 0; k < 4; ++k) partial[t * 4 + k] = double(task_sums[k]);
       }
     });
   });
@@ -406,23 +465,10 @@ at::Tensor zerodce_saturation_backward_cpu(const at::Tensor& grad, const at::Ten
         const int64_t b = t / s.tasks_per_image, y0 = (t % s.tasks_per_image) * kSatRows;
         const int64_t n = (std::min(s.H, y0 + kSatRows) - y0) * s.W, base = b * kChannels * plane + y0 * s.W;
         const scalar_t* p0 = xp + base;
-        const scalar_t* p1 = p0 + plane;
-        const scalar_t* p2 = p1 + plane;
         scalar_t* o0 = op_ + base;
-        scalar_t* o1 = o0 + plane;
-        scalar_t* o2 = o1 + plane;
-        const acc_t m0 = acc_t(mp[b * 3]), m1 = acc_t(mp[b * 3 + 1]), m2 = acc_t(mp[b * 3 + 2]);
-        const acc_t kk = acc_t(k);
-        const acc_t c0 = acc_t(k * up[b * 3]), c1 = acc_t(k * up[b * 3 + 1]), c2 = acc_t(k * up[b * 3 + 2]);
-        _Pragma("omp simd")
-        for (int64_t i = 0; i < n; ++i) {
-          const acc_t d0 = acc_t(p0[i]) - m0, d1 = acc_t(p1[i]) - m1, d2 = acc_t(p2[i]) - m2;
-          const acc_t r = std::sqrt(d0 * d0 + d1 * d1 + d2 * d2);
-          const acc_t inv = r > acc_t(0) ? kk / r : acc_t(0);
-          o0[i] = scalar_t(d0 * inv - c0);
-          o1[i] = scalar_t(d1 * inv - c1);
-          o2[i] = scalar_t(d2 * inv - c2);
-        }
+        const acc_t m[3] = {acc_t(mp[b * 3]), acc_t(mp[b * 3 + 1]), acc_t(mp[b * 3 + 2])};
+        const acc_t c[3] = {acc_t(k * up[b * 3]), acc_t(k * up[b * 3 + 1]), acc_t(k * up[b * 3 + 2])};
+        saturation_grad(p0, o0, plane, n, m, c, acc_t(k));
       }
     });
   });

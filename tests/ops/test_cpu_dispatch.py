@@ -18,7 +18,8 @@ import torch
 from lowlight_fast import _ext
 
 ROOT = Path(__file__).resolve().parents[2]
-KERNELS = {"le_curve", "le_curve_backward", "le_curve_shared", "le_curve_shared_backward", "tv_loss"}
+KERNELS = {"le_curve", "le_curve_backward", "le_curve_shared", "le_curve_shared_backward", "tv_loss",
+           "smooth_loss", "zerodce_pooled", "zerodce_saturation"}
 
 _CHILD = r"""
 import json, torch
@@ -64,6 +65,21 @@ for shape in [(2, 24, 19, 37), (1, 4, 1024, 1024)]:
     loss, grad = OPS.tv_loss_with_grad(m.float(), 0.5)
     tv = max(tv, err(OPS.tv_loss(m.float()), want), err(loss, want * 0.5), err(grad, wg))
 errors["tv_loss"] = tv
+
+# zerodce_pooled (pair and single) and zerodce_saturation: widths leaving vector tails
+e = torch.rand(2, 3, 21, 45, dtype=torch.float64)
+l = torch.rand(2, 3, 21, 45, dtype=torch.float64)
+pe, pl, means = OPS.zerodce_pooled(e.float(), l.float())
+ps, ms = OPS.zerodce_pooled_single(e.float())
+pool = lambda t: torch.nn.functional.avg_pool2d(t.mean(dim=1, keepdim=True), 4)
+errors["zerodce_pooled"] = max(err(pe, pool(e)), err(pl, pool(l)), err(means, e.mean(dim=(2, 3))),
+                               err(ps, pool(e)), err(ms, e.mean(dim=(2, 3))))
+ed = e.clone().requires_grad_()
+want = zerodce_losses.saturation(ed)
+(wg,) = torch.autograd.grad(want, ed)
+loss, m3, u3 = OPS.zerodce_saturation(e.float())
+got = OPS.zerodce_saturation_backward(torch.ones(()), e.float(), m3, u3)
+errors["zerodce_saturation"] = max(err(loss, want), err(got, wg))
 print(json.dumps({"paths": dict(_ext._C.cpu_paths()), "capability": torch.backends.cpu.get_cpu_capability(),
                   "errors": errors}))
 """
