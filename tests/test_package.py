@@ -22,11 +22,14 @@ def test_build_info_reports_cpu_kernels():
 
 
 def test_C_module_holds_build_facts_only():
-    """Ops are reached through torch.ops.lowlight_fast; the caching allocator is lowlight_fast._runtime."""
+    """Ops are reached through torch.ops.lowlight_fast; the caching allocator is lowlight_fast._runtime.
+    Beside the build facts, _C reports which instruction-set copy its kernels run (cpu_paths) and the
+    state of its kernels' own output pool (the pool lives with the kernels that allocate from it)."""
     from lowlight_fast import _ext
 
     assert _ext.available()
-    assert [name for name in dir(_ext._C) if not name.startswith("_")] == ["build_info"]
+    assert sorted(name for name in dir(_ext._C) if not name.startswith("_")) == [
+        "build_info", "cpu_paths", "output_pool_release", "output_pool_stats"]
     assert lowlight_fast.build_info()["runtime"] is True
 
 
