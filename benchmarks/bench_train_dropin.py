@@ -9,6 +9,8 @@ Interleaved ratios (one process, the implementations alternating round by round 
 each; the median of each step's time over the original-style step's in the same round):
     PYTHONPATH=$PWD python benchmarks/bench_train_dropin.py --ratios [--models sci zerodce]
         [--impls original compiled compat] [--rounds 5] [--sci-shapes 1x3x400x600 ...]
+What each change inside the compat SCI step gives (interleaved the same way, base = none of them):
+    PYTHONPATH=$PWD python benchmarks/bench_train_dropin.py --sci-changes [--rounds 9]
 
 Implementations:
 - ``original``: the computation the authors' script runs, under use_backend("reference"). SCI:
@@ -28,7 +30,7 @@ import os
 import statistics
 import sys
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 
 import pytest
 import torch
@@ -39,6 +41,7 @@ from lowlight_fast.compat.sci import model as sci_model
 from lowlight_fast.compat.zerodce import Myloss
 from lowlight_fast.compat.zerodce import model as zerodce_model
 from lowlight_fast.losses import LossFunction
+from lowlight_fast.models import sci
 from lowlight_fast.models.sci import SCINetwork
 from lowlight_fast.models.zerodce import ZeroDCE
 
@@ -145,19 +148,70 @@ def time_ratios(model_name: str, impls, shape, rounds: int) -> dict:
             for impl, ts in times.items()}
 
 
+SCI_CHANGES = ["none", "channels-last", "channels-last+in-place"]
+
+
+@contextmanager
+def _sci_changes(which: str):
+    """The compat SCI step with some of its changes undone: "none" = NCHW and the modules' own
+    activations; "channels-last" = channels-last convolutions, the activations not in place."""
+    saved = sci._training_layout, sci._run
+    if which == "none":
+        sci._training_layout = lambda x: x
+    if which in ("none", "channels-last"):
+        sci._run = lambda seq, fea: seq(fea)
+    try:
+        yield
+    finally:
+        sci._training_layout, sci._run = saved
+
+
+def sci_change_ratios(shape, rounds: int) -> dict:
+    runs = {}
+    for which in SCI_CHANGES:
+        step, _ = setup("sci", "compat", shape)
+        runs[which] = (step, lambda which=which: _sci_changes(which))
+    times = {which: [] for which in SCI_CHANGES}
+    for step, context in runs.values():
+        with context():
+            step()
+    for rnd in range(rounds):
+        for which in SCI_CHANGES if rnd % 2 == 0 else SCI_CHANGES[::-1]:
+            step, context = runs[which]
+            with context():
+                t = time.perf_counter()
+                step()
+                times[which].append(time.perf_counter() - t)
+    base = times[SCI_CHANGES[0]]
+    return {w: (statistics.median(ts), statistics.median(b / t for t, b in zip(ts, base)))
+            for w, ts in times.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ratios", action="store_true")
+    p.add_argument("--sci-changes", action="store_true")
     p.add_argument("--models", nargs="+", default=["sci", "zerodce"], choices=["sci", "zerodce"])
     p.add_argument("--impls", nargs="+", default=IMPLS, choices=IMPLS, help="the first is the base")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--sci-shapes", nargs="+", default=["1x3x400x600"])
     args = p.parse_args()
-    if not args.ratios:
+    if not (args.ratios or args.sci_changes):
         print(__doc__)
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    if args.sci_changes:
+        for s in args.sci_shapes:
+            shape = tuple(int(v) for v in s.split("x"))
+            res = sci_change_ratios(shape, args.rounds)
+            print(f"\ncompat {_label('sci', shape)}, changes ({args.rounds} rounds, load average "
+                  f"{os.getloadavg()[0]:.1f} after)")
+            print("| changes applied | step time (s, median) | speed-up over none (median ratio) |")
+            print("|---|---:|---:|")
+            for which, (sec, ratio) in res.items():
+                print(f"| {which} | {sec:.2f} | {ratio:.2f} |", flush=True)
+        return
     for model_name in args.models:
         shapes = ([tuple(int(v) for v in s.split("x")) for s in args.sci_shapes] if model_name == "sci"
                   else [dict(CASES)["zerodce"]])

@@ -10,8 +10,6 @@ aliases are filled from the present ones).
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import nn
 
