@@ -190,5 +190,10 @@ def test_sci_loss_equals_the_criterion_over_forward(stage, train):
             assert p.grad is None, name
             continue
         _close(p.grad, q.grad, 1e-10, f"gradient of {name}", scale=scale)
+    # running statistics: the same up to rounding (the lean step's convolutions and BatchNorms run
+    # channels-last on the CPU, which sums the batch statistics in another order)
     for (name, b), c in zip(lean.named_buffers(), ref.buffers()):
-        assert torch.equal(b, c), name
+        if b.is_floating_point():
+            torch.testing.assert_close(b, c, rtol=1e-12, atol=1e-15, msg=name)
+        else:
+            assert torch.equal(b, c), name
