@@ -46,6 +46,12 @@ TORCH_LIBRARY(lowlight_fast, m) {
   m.def("zerodce_saturation_backward(Tensor grad, Tensor x, Tensor channel_means, Tensor unit_means) -> Tensor");
   m.def("zerodce_pooled_losses(Tensor pooled_enhanced, Tensor pooled_low, Tensor channel_means, int exp_patch, float exp_mean) -> (Tensor spa, Tensor col, Tensor exp)");
   m.def("zerodce_pooled_losses_backward(Tensor grad_spa, Tensor grad_col, Tensor grad_exp, Tensor pooled_enhanced, Tensor pooled_low, Tensor channel_means, int exp_patch, float exp_mean) -> (Tensor, Tensor, Tensor)");
+  // --- quantize_hwc (image and video output) ---
+  // x (B,C,H,W) float in [0,1], any strides -> (B,H,W,C) uint8 (bits 8) or uint16 (bits 16):
+  // floor(clamp(x, 0, 1) * peak + 0.5) in float32, as lowlight_fast.io.quantize
+  m.def("quantize_hwc(Tensor x, int bits) -> Tensor");
+  // q (B,H,W,C) uint8/uint16 -> (B,C,H,W) float32 q / 255 (or 65535), as the image readers compute it
+  m.def("dequantize_hwc(Tensor q) -> Tensor");
 }
 
 namespace {

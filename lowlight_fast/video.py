@@ -252,20 +252,21 @@ def _batch_size(enhancer, requested: int, h: int, w: int) -> int:
     return max(1, min(requested, int(fits)))
 
 
-# The conversions run in the decoding and encoding threads with numpy (one core each), not with torch,
-# whose intra-op threads would compete with the model's.
+# The conversions run in the decoding and encoding threads, each in one pass of a single-threaded kernel
+# (lowlight_fast.ops.quantize), not with torch's intra-op threads, which would compete with the model's.
 def _to_tensor(frames: list[np.ndarray]) -> torch.Tensor:
     """H x W x 3 uint8 frames -> (B, 3, H, W) float32 in [0, 1] (x / 255, as images are read)."""
-    x = np.divide(np.stack(frames).transpose(0, 3, 1, 2), np.float32(255.0), dtype=np.float32)
-    return torch.from_numpy(x)
+    from lowlight_fast.ops.quantize import dequantize_hwc
+
+    return dequantize_hwc(torch.from_numpy(np.stack(frames)))
 
 
 def _to_uint8(y: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) in [0, 1] -> B x H x W x 3 uint8, rounded by lowlight_fast.io.quantize, so a frame
-    gets the pixels an image would."""
-    from lowlight_fast import io
+    """(B, 3, H, W) in [0, 1] -> B x H x W x 3 uint8, rounded as lowlight_fast.io.quantize rounds, so a
+    frame gets the pixels an image would."""
+    from lowlight_fast.ops.quantize import quantize_hwc
 
-    return io.quantize(y, 8).transpose(0, 2, 3, 1)
+    return quantize_hwc(y.detach().cpu(), 8).numpy()
 
 
 def _choose_codec(av, options: VideoOptions, src_stream, output) -> str:

@@ -192,15 +192,38 @@ void for_each_map_run(const at::Tensor& a, int64_t planes, int64_t H, int64_t W,
   for (int64_t ox = 0; ox < W; ++ox) cols[ox] = align_corners_tap<T>(ox, w, W, scale_x);
   const int64_t grain_rows = std::max<int64_t>(1, kGrain / W);
   at::parallel_for(0, planes * H, grain_rows, [&](int64_t begin, int64_t end) {
+    // The map's rows resampled along x (PyTorch's inner sum of `bilinear`), two at a time: consecutive
+    // output rows read the same two source rows, so the per-column gathers are done once per source row
+    // and each output row is one vectorised blend of two cached rows.
+    std::vector<T> rows(2 * W);
+    int64_t cached[2] = {-1, -1};  // plane * h + source row held by each half of `rows`
+    const auto source_row = [&](int64_t plane, int64_t iy, int keep) -> const T* {
+      const int64_t id = plane * h + iy;
+      for (int slot = 0; slot < 2; ++slot) {
+        if (cached[slot] == id) return rows.data() + slot * W;
+      }
+      const int slot = keep == 0 ? 1 : 0;  // never the slot holding the other row in use
+      T* dst = rows.data() + slot * W;
+      const S* src = ap + id * w;
+      for (int64_t ox = 0; ox < W; ++ox) {
+        const LinearTap<T>& tx = cols[ox];
+        dst[ox] = tx.w0 * static_cast<T>(src[tx.i0]) + tx.w1 * static_cast<T>(src[tx.i1]);
+      }
+      cached[slot] = id;
+      return dst;
+    };
     T buf[kTile];
     for (int64_t row = begin; row < end; ++row) {
       const int64_t plane = row / H, oy = row % H;
       const LinearTap<T> ty = align_corners_tap<T>(oy, h, H, scale_y);
-      const S* src = ap + plane * h * w;
-      const auto load = [src](int64_t i) { return static_cast<T>(src[i]); };
+      const T* r0 = source_row(plane, ty.i0, -1);
+      const int slot0 = r0 == rows.data() ? 0 : 1;
+      const T* r1 = source_row(plane, ty.i1, slot0);
+      const T w0 = ty.w0, w1 = ty.w1;
       for (int64_t x0 = 0; x0 < W; x0 += kTile) {
         const int64_t n = std::min(kTile, W - x0);
-        for (int64_t i = 0; i < n; ++i) buf[i] = bilinear(ty, cols[x0 + i], w, load);
+        LOWLIGHT_FAST_SIMD
+        for (int64_t i = 0; i < n; ++i) buf[i] = w0 * r0[x0 + i] + w1 * r1[x0 + i];
         fn(plane, oy * W + x0, n, static_cast<const T*>(buf));
       }
     }
