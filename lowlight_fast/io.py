@@ -47,7 +47,7 @@ class ImageReadError(ValueError):
 class LoadedImage:
     """A decoded, upright image.
 
-    ``rgb``: float32 array H x W x 3 in [0, 1]. ``alpha``: the original alpha samples (uint8 or uint16,
+    ``rgb``: float32 array H x W x 3 in [0, 1] (for most images a view of channel-planar memory). ``alpha``: the original alpha samples (uint8 or uint16,
     H x W) or None. ``bits``: 8 or 16, the precision of the source samples.
     """
 
@@ -165,7 +165,8 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = MAX_PIXELS) 
         raise ImageReadError(path, "not enough memory to decode it") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
         raise ImageReadError(path, f"corrupt or truncated file ({exc})") from None
-    rgb = np.ascontiguousarray(_orient(rgb, orientation))
+    if orientation != 1:
+        rgb = np.ascontiguousarray(_orient(rgb, orientation))
     if alpha is not None:
         alpha = np.ascontiguousarray(_orient(alpha, orientation))
     return LoadedImage(rgb=rgb, alpha=alpha, bits=bits, frames=frames)
@@ -175,9 +176,8 @@ def _to_arrays(im: Image.Image, low: np.ndarray | None) -> tuple[np.ndarray, np.
     mode = im.mode
     if low is not None:  # 16-bit RGB / RGBA PNG
         a = np.asarray(im).astype(np.uint16) * 256 + low
-        rgb = a[..., :3].astype(np.float32) / 65535.0
         alpha = a[..., 3] if a.shape[-1] == 4 else None
-        return rgb, alpha, 16
+        return _unit_float(a[..., :3]), alpha, 16
     if mode.startswith("I;16") or mode == "I":  # 16-bit grey (PNG, TIFF) or 32-bit integer grey
         g = np.asarray(im).astype(np.float64)
         g = np.clip(g, 0, 65535).astype(np.float32) / 65535.0
@@ -188,9 +188,18 @@ def _to_arrays(im: Image.Image, low: np.ndarray | None) -> tuple[np.ndarray, np.
     has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode in ("P", "L", "RGB") and "transparency" in im.info)
     if has_alpha:
         a = np.asarray(im.convert("RGBA"))
-        return a[..., :3].astype(np.float32) / 255.0, a[..., 3].copy(), 8
-    a = np.asarray(im.convert("RGB"))
-    return a.astype(np.float32) / 255.0, None, 8
+        return _unit_float(a[..., :3]), a[..., 3].copy(), 8
+    return _unit_float(np.asarray(im if mode == "RGB" else im.convert("RGB"))), None, 8
+
+
+def _unit_float(a: np.ndarray) -> np.ndarray:
+    """H x W x 3 uint8 / uint16 samples -> H x W x 3 float32 ``a / peak``, as a view of channel-planar
+    memory (LoadedImage.to_tensor then copies nothing): one pass of lowlight_fast.ops.quantize's kernel."""
+    from lowlight_fast.ops.quantize import dequantize_hwc
+
+    if not a.flags.writeable:  # Pillow's arrays are read-only; torch.from_numpy wants a writable one
+        a = a.copy()
+    return dequantize_hwc(torch.from_numpy(a)[None])[0].numpy().transpose(1, 2, 0)
 
 
 def quantize(x: torch.Tensor | np.ndarray, bits: int) -> np.ndarray:
