@@ -18,9 +18,10 @@ TORCH_LIBRARY(lowlight_fast, m) {
   m.def("le_curve(Tensor x, Tensor r) -> (Tensor, Tensor)");
   // gradients of either or both outputs -> (grad_x, grad_r); recomputes the 8 states from x and r
   m.def("le_curve_backward(Tensor x, Tensor r, Tensor? grad_after4, Tensor? grad_after8) -> (Tensor, Tensor)");
-  // x (B,3,H,W), a (B,3,h,w) shared by the 8 steps; (h,w) != (H,W): bilinear, align_corners=True, in-kernel
-  m.def("le_curve_shared(Tensor x, Tensor a) -> Tensor");
-  m.def("le_curve_shared_backward(Tensor x, Tensor a, Tensor grad_out) -> (Tensor, Tensor)");
+  // x (B,3,H,W), a (B,3,h,w) shared by the 8 steps; (h,w) != (H,W): bilinear, align_corners=True, in-kernel.
+  // grid (Gh,Gw) >= (H,W): a covers that pixel grid (upsampled to it), x is its top-left part (default (H,W))
+  m.def("le_curve_shared(Tensor x, Tensor a, int[]? grid=None) -> Tensor");
+  m.def("le_curve_shared_backward(Tensor x, Tensor a, Tensor grad_out, int[]? grid=None) -> (Tensor, Tensor)");
   // --- smooth_loss (SCI 24-direction edge-aware smoothness) ---
   // loss only; loss with d loss/d input and d loss/d output in one pass; gradients times grad.
   m.def("smooth_loss(Tensor input, Tensor output, float sigma, bool faithful) -> Tensor");

@@ -186,10 +186,8 @@ class TemporalSmoothing:
                 r = self._average(torch.tanh(dce_trunk(model, inference_layout(x))))
                 y = curve_ops(model.fused).le_curve(x, r)[1]
             elif self.name == "zerodcepp":
-                h, w = x.shape[-2:]
-                xp = model._pad(x)
-                a = self._average(model.curve_map(xp, inference=True))
-                y = curve_ops(model.fused).le_curve_shared(xp, a)[..., :h, :w]
+                a, grid = model.inference_map(x)
+                y = curve_ops(model.fused).le_curve_shared(x, self._average(a), grid=grid)
             else:  # SCI's EnhanceNetwork, its output term averaged before the frame is added back
                 net = model.enhance
                 xl = inference_layout(x)

@@ -172,24 +172,39 @@ void for_each_run(int64_t planes, int64_t plane_size, const Fn& fn) {
   });
 }
 
+// The pixel grid the map covers: (Gh, Gw) >= the image's (H, W), whose pixels are its top-left part.
+struct Grid {
+  int64_t h, w;
+};
+
+Grid grid_of(const char* op, const at::Tensor& x, at::OptionalIntArrayRef grid) {
+  const int64_t H = x.size(2), W = x.size(3);
+  if (!grid.has_value()) return {H, W};
+  const auto g = *grid;
+  TORCH_CHECK(g.size() == 2, op, ": grid must be (height, width), got ", g);
+  TORCH_CHECK(g[0] >= H && g[1] >= W, op, ": grid ", g, " must cover the image, ", H, "x", W);
+  return {g[0], g[1]};
+}
+
 // Zero-DCE++: calls fn(plane, p, n, a_run) where a_run holds the map at pixels [p, p + n) of the plane
-// as T: read from a when it has the image's size, else sampled from it bilinearly (align_corners=True).
+// as T: read from a when it has the image's size (and grid), else sampled from it bilinearly
+// (align_corners=True) onto the grid's pixels, of which the image's H x W are computed.
 template <typename S, typename Fn>
-void for_each_map_run(const at::Tensor& a, int64_t planes, int64_t H, int64_t W, const Fn& fn) {
+void for_each_map_run(const at::Tensor& a, int64_t planes, int64_t H, int64_t W, Grid grid, const Fn& fn) {
   using T = typename Tile<S>::T;
   const S* ap = a.const_data_ptr<S>();
   const int64_t h = a.size(2), w = a.size(3);
-  if (h == H && w == W) {
+  if (h == H && w == W && grid.h == H && grid.w == W) {
     for_each_run(planes, H * W, [&](int64_t plane, int64_t p, int64_t n) {
       T buf[kTile];
       fn(plane, p, n, Tile<S>::in(ap + plane * H * W + p, buf, n));
     });
     return;
   }
-  const T scale_y = align_corners_scale<T>(h, H);
-  const T scale_x = align_corners_scale<T>(w, W);
+  const T scale_y = align_corners_scale<T>(h, grid.h);
+  const T scale_x = align_corners_scale<T>(w, grid.w);
   std::vector<LinearTap<T>> cols(W);
-  for (int64_t ox = 0; ox < W; ++ox) cols[ox] = align_corners_tap<T>(ox, w, W, scale_x);
+  for (int64_t ox = 0; ox < W; ++ox) cols[ox] = align_corners_tap<T>(ox, w, grid.w, scale_x);
   const int64_t grain_rows = std::max<int64_t>(1, kGrain / W);
   at::parallel_for(0, planes * H, grain_rows, [&](int64_t begin, int64_t end) {
     // The map's rows resampled along x (PyTorch's inner sum of `bilinear`), two at a time: consecutive
@@ -215,7 +230,7 @@ void for_each_map_run(const at::Tensor& a, int64_t planes, int64_t H, int64_t W,
     T buf[kTile];
     for (int64_t row = begin; row < end; ++row) {
       const int64_t plane = row / H, oy = row % H;
-      const LinearTap<T> ty = align_corners_tap<T>(oy, h, H, scale_y);
+      const LinearTap<T> ty = align_corners_tap<T>(oy, h, grid.h, scale_y);
       const T* r0 = source_row(plane, ty.i0, -1);
       const int slot0 = r0 == rows.data() ? 0 : 1;
       const T* r1 = source_row(plane, ty.i1, slot0);
@@ -333,9 +348,10 @@ std::tuple<at::Tensor, at::Tensor> le_curve_backward_cpu(const at::Tensor& x_in,
   return {grad_x, grad_r};
 }
 
-at::Tensor le_curve_shared_cpu(const at::Tensor& x_in, const at::Tensor& a_in) {
+at::Tensor le_curve_shared_cpu(const at::Tensor& x_in, const at::Tensor& a_in, at::OptionalIntArrayRef grid_in) {
   check_x("le_curve_shared", x_in);
   check_like("le_curve_shared", a_in, "a", x_in, kChannels, false);
+  const Grid grid = grid_of("le_curve_shared", x_in, grid_in);
   const at::Tensor x = x_in.contiguous(), a = a_in.contiguous();
   at::Tensor out = empty_output_like(x);
   const int64_t H = x.size(2), W = x.size(3);
@@ -345,7 +361,7 @@ at::Tensor le_curve_shared_cpu(const at::Tensor& x_in, const at::Tensor& a_in) {
     using T = typename IO::T;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    for_each_map_run<scalar_t>(a, x.size(0) * kChannels, H, W, [&](int64_t plane, int64_t p, int64_t n,
+    for_each_map_run<scalar_t>(a, x.size(0) * kChannels, H, W, grid, [&](int64_t plane, int64_t p, int64_t n,
                                                                    const T* amap) {
       T xb[kTile], ob[kTile];
       const int64_t off = plane * H * W + p;
@@ -358,14 +374,16 @@ at::Tensor le_curve_shared_cpu(const at::Tensor& x_in, const at::Tensor& a_in) {
 }
 
 std::tuple<at::Tensor, at::Tensor> le_curve_shared_backward_cpu(const at::Tensor& x_in, const at::Tensor& a_in,
-                                                                const at::Tensor& grad_in) {
+                                                                const at::Tensor& grad_in,
+                                                                at::OptionalIntArrayRef grid_in) {
   const char* op = "le_curve_shared_backward";
   check_x(op, x_in);
   check_like(op, a_in, "a", x_in, kChannels, false);
   check_like(op, grad_in, "grad_out", x_in, kChannels, true);
+  const Grid grid = grid_of(op, x_in, grid_in);
   const at::Tensor x = x_in.contiguous(), a = a_in.contiguous(), g = grad_in.contiguous();
   const int64_t B = x.size(0), H = x.size(2), W = x.size(3);
-  const bool full = a.size(2) == H && a.size(3) == W;
+  const bool full = a.size(2) == H && a.size(3) == W && grid.h == H && grid.w == W;
   // grad_a at full resolution: in a's dtype when it is the answer, else in the math type until reduced.
   const at::ScalarType math_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor grad_x = empty_output_like(x);
@@ -379,7 +397,8 @@ std::tuple<at::Tensor, at::Tensor> le_curve_shared_backward_cpu(const at::Tensor
     scalar_t* gxp = grad_x.mutable_data_ptr<scalar_t>();
     scalar_t* gap = full ? grad_a_full.mutable_data_ptr<scalar_t>() : nullptr;
     T* gap_math = full ? nullptr : grad_a_full.mutable_data_ptr<T>();
-    for_each_map_run<scalar_t>(a, B * kChannels, H, W, [&](int64_t plane, int64_t p, int64_t n, const T* amap) {
+    for_each_map_run<scalar_t>(a, B * kChannels, H, W, grid, [&](int64_t plane, int64_t p, int64_t n,
+                                                                 const T* amap) {
       T xb[kTile], gb[kTile], gxb[kTile], gab[kTile];
       const int64_t off = plane * H * W + p;
       T* gx = IO::out(gxp + off, gxb, stream);
@@ -390,9 +409,12 @@ std::tuple<at::Tensor, at::Tensor> le_curve_shared_backward_cpu(const at::Tensor
     });
   });
   if (full) return {grad_x, grad_a_full};
-  // The adjoint of the bilinear upsampling (deterministic on CPU: one thread per plane).
-  at::Tensor grad_a = at::upsample_bilinear2d_backward(grad_a_full, {H, W}, a.sizes(), /*align_corners=*/true,
-                                                       std::nullopt, std::nullopt);
+  // The grid's pixels outside the image contribute nothing; then the adjoint of the bilinear upsampling
+  // (deterministic on CPU: one thread per plane), unless the map has the grid's size.
+  if (grid.h != H || grid.w != W) grad_a_full = at::constant_pad_nd(grad_a_full, {0, grid.w - W, 0, grid.h - H});
+  if (a.size(2) == grid.h && a.size(3) == grid.w) return {grad_x, grad_a_full.to(a.scalar_type())};
+  at::Tensor grad_a = at::upsample_bilinear2d_backward(grad_a_full, {grid.h, grid.w}, a.sizes(),
+                                                       /*align_corners=*/true, std::nullopt, std::nullopt);
   return {grad_x, grad_a.to(a.scalar_type())};
 }
 

@@ -83,11 +83,44 @@ class ZeroDCEPlusPlus(EnhancementModel):
         enhanced = curve_ops(self.fused).le_curve_shared(xp, a)
         return enhanced[..., :h, :w], full[..., :h, :w]
 
+    def _downscale_padded(self, x: torch.Tensor) -> torch.Tensor:
+        """``F.interpolate(self._pad(x), scale_factor=1/s, mode="bilinear")`` without the padded copy.
+
+        Downscaling by an integer s (align_corners=False) reads, per output pixel and axis, the source
+        position s*j + (s-1)/2: one pixel for odd s, the two pixels around it with weights 1/2 for even s;
+        the padding replicates the last row and column, i.e. clamps the indices. So the rows and columns
+        read are gathered (clamped), and for even s halved by the same bilinear kernel (scale 2, weights
+        1/2 again): the same samples and weights as the padded original."""
+        s = self.scale_factor
+        h, w = x.shape[-2:]
+        hp, wp = -(-h // s), -(-w // s)
+
+        def taps(n_out: int, n_in: int) -> torch.Tensor:
+            centre = torch.arange(n_out, device=x.device) * s + (s - 1) // 2
+            idx = centre if s % 2 else torch.stack([centre, centre + 1], dim=1).flatten()
+            return idx.clamp_(max=n_in - 1)
+
+        picked = x.index_select(-2, taps(hp, h)).index_select(-1, taps(wp, w))
+        return picked if s % 2 else F.interpolate(picked, scale_factor=0.5, mode="bilinear")
+
+    def inference_map(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int] | None]:
+        """The curve map of an inference run and the pixel grid it covers (None: x's own size), for
+        ``le_curve_shared(x, map, grid=grid)``. For sizes that are not multiples of the scale factor the
+        padded image is never made: the map is predicted from its downscaled version gathered from x
+        (:meth:`_downscale_padded`) and the curve kernel upsamples it onto the padded grid, of which it
+        computes x's part."""
+        s = self.scale_factor
+        h, w = x.shape[-2:]
+        if s == 1 or (h % s == 0 and w % s == 0):
+            return self.curve_map(x, inference=True), None
+        a = torch.tanh(dce_trunk(self, inference_layout(self._downscale_padded(x))))
+        return a, (-(-h // s) * s, -(-w // s) * s)
+
     @torch.no_grad()
     def enhance_image(self, x: torch.Tensor) -> torch.Tensor:
         """The enhanced image, without gradients; the full-resolution map is never materialised
-        on the fused path (the upsampling happens inside the curve kernel)."""
+        on the fused path (the upsampling happens inside the curve kernel), nor the padded image
+        (:meth:`inference_map`)."""
         self._check_input(x)
-        h, w = x.shape[-2:]
-        xp = self._pad(x)
-        return curve_ops(self.fused).le_curve_shared(xp, self.curve_map(xp, inference=True))[..., :h, :w]
+        a, grid = self.inference_map(x)
+        return curve_ops(self.fused).le_curve_shared(x, a, grid=grid)

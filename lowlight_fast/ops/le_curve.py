@@ -1,8 +1,10 @@
 """The light-enhancement curve of Zero-DCE and Zero-DCE++ as one fused pass, forward and backward.
 
 ``le_curve(x, r)``: Zero-DCE, 8 maps (r has 24 channels); returns the images after 4 and 8 steps.
-``le_curve_shared(x, a)``: Zero-DCE++, one 3-channel map for the 8 steps, at the image's size or
-smaller (then upsampled bilinearly with align_corners=True inside the kernel, never materialised).
+``le_curve_shared(x, a, grid=None)``: Zero-DCE++, one 3-channel map for the 8 steps, at the image's size
+or smaller (then upsampled bilinearly with align_corners=True inside the kernel, never materialised);
+``grid``: the map covers a larger pixel grid whose top-left part x is (an image padded to a multiple of
+the scale factor, without the padded copy).
 
 Both keep nothing for the backward but their inputs: the backward recomputes the 8 states.
 Implementations (``lowlight_fast.backend``): ``cpp`` = ``torch.ops.lowlight_fast.le_curve*`` (C++ CPU
@@ -63,21 +65,38 @@ def le_curve(x: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return torch.ops.lowlight_fast.le_curve_triton(x, r)
 
 
-def le_curve_shared(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+def le_curve_shared(x: torch.Tensor, a: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
     """Zero-DCE++'s curve: ``x <- x + a (x^2 - x)`` 8 times with one map ``a``; returns the result.
 
     x: (B, 3, H, W); a: (B, 3, h, w). When (h, w) != (H, W), ``a`` is upsampled bilinearly with
-    align_corners=True (Zero-DCE++'s UpsamplingBilinear2d) inside the kernel.
+    align_corners=True (Zero-DCE++'s UpsamplingBilinear2d) inside the kernel. ``grid`` (Gh, Gw) >= (H, W):
+    ``a`` is upsampled to that grid, of which x is the top-left part: the result equals the curve on x
+    padded to (Gh, Gw), cropped back to (H, W), without the padded copy.
     """
     _check(x, a, "a", 3, same_size=False)
+    grid = _check_grid(x, grid)
     x, a = _promote(x, a)
     impl = _select(x)
     if impl == "reference":
-        return reference.le_curve_shared(x, a)
+        return reference.le_curve_shared(x, a, grid)
     if impl == "cpp":
-        return torch.ops.lowlight_fast.le_curve_shared(x, a)
+        return torch.ops.lowlight_fast.le_curve_shared(x, a, grid)
     _registry.use_triton("le_curve")
-    return torch.ops.lowlight_fast.le_curve_shared_triton(x, a)
+    return torch.ops.lowlight_fast.le_curve_shared_triton(x, a, grid)
+
+
+def _check_grid(x: torch.Tensor, grid) -> list[int] | None:
+    """None, or (Gh, Gw) as a list of two ints covering x; None when it is x's own size."""
+    if grid is None:
+        return None
+    try:
+        gh, gw = (int(v) for v in grid)
+    except (TypeError, ValueError):
+        raise ValueError(f"grid: expected (height, width), got {grid!r}") from None
+    h, w = x.shape[-2:]
+    if gh < h or gw < w:
+        raise ValueError(f"grid: {gh}x{gw} must cover the image, {h}x{w}")
+    return None if (gh, gw) == (h, w) else [gh, gw]
 
 
 def _promote(x: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,11 +136,11 @@ def _fake_curve_backward(x, r, grad_after4, grad_after8):
     )
 
 
-def _fake_shared(x, a):
+def _fake_shared(x, a, grid=None):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-def _fake_shared_backward(x, a, grad_out):
+def _fake_shared_backward(x, a, grad_out, grid=None):
     return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(
         a, memory_format=torch.contiguous_format
     )
@@ -147,14 +166,22 @@ def _curve_backward(backward_op: str):
     return backward
 
 
+def _save_shared_inputs(ctx, inputs, output):
+    x, a, grid = inputs
+    ctx.save_for_backward(x, a)
+    ctx.grid = grid
+    ctx.set_materialize_grads(False)
+
+
 def _shared_backward(backward_op: str):
     """The backward of ``le_curve_shared`` or ``le_curve_shared_triton``: their backward op."""
 
     def backward(ctx, grad_out):
         if grad_out is None:
-            return None, None
+            return None, None, None
         x, a = ctx.saved_tensors
-        return getattr(torch.ops.lowlight_fast, backward_op)(x, a, grad_out)
+        grad_x, grad_a = getattr(torch.ops.lowlight_fast, backward_op)(x, a, grad_out, ctx.grid)
+        return grad_x, grad_a, None
 
     return backward
 
@@ -167,7 +194,7 @@ _registry.register_cpp(
     "le_curve_shared",
     fake=_fake_shared,
     backward=_shared_backward("le_curve_shared_backward"),
-    setup_context=_save_inputs,
+    setup_context=_save_shared_inputs,
 )
 _registry.register_cpp("le_curve_shared_backward", fake=_fake_shared_backward)
 
@@ -193,7 +220,7 @@ def _register_triton(kernels):
         kernels.le_curve_shared,
         fake=_fake_shared,
         backward=_shared_backward("le_curve_shared_triton_backward"),
-        setup_context=_save_inputs,
+        setup_context=_save_shared_inputs,
     )
 
 

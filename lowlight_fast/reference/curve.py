@@ -25,9 +25,16 @@ def upsample_map(a: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(a, size=size, mode="bilinear", align_corners=True)
 
 
-def le_curve_shared(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """Zero-DCE++: one 3-channel map for all 8 steps; a low-resolution map is upsampled first."""
-    a = upsample_map(a, tuple(x.shape[-2:]))
+def le_curve_shared(x: torch.Tensor, a: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+    """Zero-DCE++: one 3-channel map for all 8 steps; a low-resolution map is upsampled first.
+
+    ``grid`` (Gh, Gw) >= x's (H, W): the map covers that pixel grid (it is upsampled to it) and x is
+    the grid's top-left part, as when an image padded to (Gh, Gw) is enhanced and cropped back."""
+    h, w = x.shape[-2:]
+    if grid is None or tuple(grid) == (h, w):
+        a = upsample_map(a, (h, w))
+    else:
+        a = upsample_map(a, (int(grid[0]), int(grid[1])))[..., :h, :w]
     for _ in range(8):
         x = x + a * (x * x - x)
     return x

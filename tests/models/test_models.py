@@ -282,6 +282,36 @@ def test_zerodcepp_training_loss_matches_the_original(scale, fused):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+@pytest.mark.parametrize("s", [2, 3, 4, 5, 12])
+@pytest.mark.parametrize("h,w", [(25, 37), (24, 37), (25, 36), (1, 13)])
+def test_zerodcepp_downscale_without_padding_equals_the_padded_original(s, h, w):
+    """The gathered downscale is the original's interpolation of the padded image, sample for sample."""
+    model = M.ZeroDCEPlusPlus(scale_factor=s)
+    x = torch.rand(2, 3, h, w)
+    padded = torch.nn.functional.pad(x, (0, (-w) % s, 0, (-h) % s), mode="replicate")
+    want = torch.nn.functional.interpolate(padded, scale_factor=1 / s, mode="bilinear")
+    for inp in (x, x.contiguous(memory_format=torch.channels_last)):
+        got = model._downscale_padded(inp)
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("s", [2, 3, 12])
+@pytest.mark.parametrize("h,w", [(37, 53), (36, 53), (13, 24)])
+def test_zerodcepp_enhance_image_without_padding_equals_forward(s, h, w):
+    torch.manual_seed(5)
+    model = M.ZeroDCEPlusPlus(scale_factor=s).eval()
+    x = torch.rand(2, 3, h, w) * 0.5
+    with torch.no_grad():
+        want = model(x)[0]
+    got = model.enhance_image(x)
+    assert got.shape == x.shape and got.is_contiguous()
+    _close(got, want)
+    unfused = M.ZeroDCEPlusPlus(scale_factor=s, fused=False).eval()
+    unfused.load_state_dict(model.state_dict())
+    _close(unfused.enhance_image(x), want)
+
+
 # ---------------------------------------------------------------------------- inference path
 @pytest.mark.parametrize(
     "make,pick",

@@ -186,6 +186,60 @@ def test_le_curve_shared_low_res_matches_explicit_upsampling(backend, device):
     torch.testing.assert_close(ops.le_curve_shared(x, a), ops.le_curve_shared(x, full), rtol=1e-5, atol=1e-6)
 
 
+# ---- grid: the map covers a larger (padded) pixel grid of which x is the top-left part ----
+
+# (image size, grid, map size): padded in both / one dimension, the map at the grid's size, 1-pixel cases
+GRID_CASES = [((7, 9), (12, 12), (1, 1)), ((7, 9), (12, 12), (3, 2)), ((13, 17), (24, 24), (2, 2)),
+              ((5, 8), (5, 12), (5, 3)), ((5, 8), (6, 8), (6, 8)), ((1, 5), (4, 8), (1, 2))]
+
+
+@pytest.mark.parametrize("size,grid,map_size", GRID_CASES)
+def test_le_curve_shared_grid_equals_padded_then_cropped(backend, device, size, grid, map_size):
+    """With grid, the curve equals the curve on x padded to the grid (any padding: those pixels never
+    reach x's part), cropped back; gradients likewise (the padding gets none)."""
+    x, a = _inputs((2, 3, *size), device, torch.float64, map_size=map_size, channels=3)
+    x.requires_grad_()
+    a.requires_grad_()
+    xp = torch.nn.functional.pad(x, (0, grid[1] - size[1], 0, grid[0] - size[0]), mode="replicate")
+    got = ops.le_curve_shared(x, a, grid=grid)
+    want = ref.le_curve_shared(xp, a)[..., : size[0], : size[1]]
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ref.le_curve_shared(x, a, grid), want, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(got)
+    gx, ga = torch.autograd.grad(got, (x, a), g)
+    ex, ea = torch.autograd.grad(want, (x, a), g)
+    torch.testing.assert_close(gx, ex, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ga, ea, rtol=1e-10, atol=1e-12)
+
+
+def test_le_curve_shared_grid_gradcheck_and_float32(backend, device):
+    x, a = _inputs((2, 3, 5, 7), device, torch.float64, map_size=(2, 3), channels=3)
+    x.requires_grad_()
+    a.requires_grad_()
+    assert _gradcheck(lambda x, a: ops.le_curve_shared(x, a, grid=(9, 12)), (x, a), backend, device)
+    x32, a32 = x.detach().float(), a.detach().float()
+    want = ref.le_curve_shared(x.detach(), a.detach(), (9, 12)).float()
+    torch.testing.assert_close(ops.le_curve_shared(x32, a32, grid=(9, 12)), want, rtol=1e-5, atol=1e-6)
+
+
+def test_le_curve_shared_grid_of_the_image_size_is_no_grid(backend, device):
+    x, a = _inputs((2, 3, 6, 7), device, map_size=(2, 3), channels=3)
+    torch.testing.assert_close(ops.le_curve_shared(x, a, grid=(6, 7)), ops.le_curve_shared(x, a), rtol=0, atol=0)
+
+
+def test_le_curve_shared_grid_errors(device):
+    x, a = _inputs((1, 3, 6, 7), device, map_size=(2, 3), channels=3)
+    with pytest.raises(ValueError, match=r"grid: 5x7 must cover the image, 6x7"):
+        ops.le_curve_shared(x, a, grid=(5, 7))
+    with pytest.raises(ValueError, match=r"grid: expected \(height, width\)"):
+        ops.le_curve_shared(x, a, grid=(6, 7, 1))
+    if device == "cpu" and _ext.has_op("le_curve_shared"):
+        with pytest.raises(RuntimeError, match="must cover the image"):
+            OPS.le_curve_shared(x, a, [6, 6])
+        with pytest.raises(RuntimeError, match=r"grid must be \(height, width\)"):
+            OPS.le_curve_shared(x, a, [6])
+
+
 # ---- registration: opcheck, torch.compile ----
 
 
@@ -216,6 +270,8 @@ def test_opcheck(backend, device):
     for g4, g8 in ((g, g), (None, g), (g, None), (None, None)):
         torch.library.opcheck(names["le_curve_backward"], (xd, rd, g4, g8))
     torch.library.opcheck(names["le_curve_shared_backward"], (xd, ad, g))
+    torch.library.opcheck(names["le_curve_shared"], (x, a, [5, 8]))
+    torch.library.opcheck(names["le_curve_shared_backward"], (xd, ad, g, [4, 6]))
 
 
 def test_torch_compile_fullgraph(backend, device):
@@ -347,7 +403,7 @@ for p, c in (("*fp32", tl.float32), ("*bf16", tl.float32), ("*fp64", tl.float64)
     for h4, h8 in ((True, True), (False, True), (True, False)):
         compile(K._le_curve_bwd_kernel, bwd, HAS4=h4, HAS8=h8, BLOCK=K.BLOCK, COMPUTE=c)
     for full in (True, False):
-        sizes = dict(H="i32", W="i32", h="i32", w="i32")
+        sizes = dict(H="i32", W="i32", h="i32", w="i32", GH="i32", GW="i32")
         compile(K._le_curve_shared_fwd_kernel, dict(x_ptr=p, a_ptr=p, out_ptr=p, **sizes),
                 FULL=full, BLOCK=K.BLOCK, COMPUTE=c)
         ga = p if full else ("*fp64" if p == "*fp64" else "*fp32")

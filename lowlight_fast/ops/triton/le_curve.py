@@ -111,17 +111,18 @@ def _le_curve_bwd_kernel(
 
 
 @triton.jit
-def _map_value(a_ptr, plane, offs, mask, H, W, h, w, FULL: tl.constexpr, COMPUTE: tl.constexpr):
-    """The curve map at pixels offs of the plane: read, or sampled bilinearly (align_corners=True) from
-    the h x w map with PyTorch's arithmetic (aten/src/ATen/native/UpSample.h)."""
+def _map_value(a_ptr, plane, offs, mask, H, W, h, w, GH, GW, FULL: tl.constexpr, COMPUTE: tl.constexpr):
+    """The curve map at pixels offs of the plane (H x W, the top-left part of a GH x GW grid): read, or
+    sampled bilinearly (align_corners=True) from the h x w map upsampled to the grid, with PyTorch's
+    arithmetic (aten/src/ATen/native/UpSample.h)."""
     if FULL:
         return _load(a_ptr + plane * H * W, offs, mask, COMPUTE)
     else:
         oy = offs // W
         ox = offs % W
         # scale (in - 1) / (out - 1); a 1-pixel output reads index 0 whatever the scale
-        scale_y = (h - 1).to(COMPUTE) / tl.maximum(H - 1, 1).to(COMPUTE)
-        scale_x = (w - 1).to(COMPUTE) / tl.maximum(W - 1, 1).to(COMPUTE)
+        scale_y = (h - 1).to(COMPUTE) / tl.maximum(GH - 1, 1).to(COMPUTE)
+        scale_x = (w - 1).to(COMPUTE) / tl.maximum(GW - 1, 1).to(COMPUTE)
         sy = scale_y * oy.to(COMPUTE)
         sx = scale_x * ox.to(COMPUTE)
         y0 = tl.minimum(tl.floor(sy).to(tl.int64), h - 1)
@@ -140,31 +141,31 @@ def _map_value(a_ptr, plane, offs, mask, H, W, h, w, FULL: tl.constexpr, COMPUTE
         return wy0 * (wx0 * v00 + wx1 * v01) + wy1 * (wx0 * v10 + wx1 * v11)
 
 
-@triton.jit(do_not_specialize=["H", "W", "h", "w"])
+@triton.jit(do_not_specialize=["H", "W", "h", "w", "GH", "GW"])
 def _le_curve_shared_fwd_kernel(
-    x_ptr, a_ptr, out_ptr, H, W, h, w, FULL: tl.constexpr, BLOCK: tl.constexpr, COMPUTE: tl.constexpr
+    x_ptr, a_ptr, out_ptr, H, W, h, w, GH, GW, FULL: tl.constexpr, BLOCK: tl.constexpr, COMPUTE: tl.constexpr
 ):
     plane = tl.program_id(1).to(tl.int64)
     HW = H * W
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < HW
-    a = _map_value(a_ptr, plane, offs, mask, H, W, h, w, FULL, COMPUTE)
+    a = _map_value(a_ptr, plane, offs, mask, H, W, h, w, GH, GW, FULL, COMPUTE)
     s = _load(x_ptr + plane * HW, offs, mask, COMPUTE)
     for _ in tl.static_range(8):
         s = _step(s, a)
     tl.store(out_ptr + plane * HW + offs, s.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["H", "W", "h", "w"])
+@triton.jit(do_not_specialize=["H", "W", "h", "w", "GH", "GW"])
 def _le_curve_shared_bwd_kernel(
-    x_ptr, a_ptr, g_ptr, gx_ptr, ga_ptr, H, W, h, w,
+    x_ptr, a_ptr, g_ptr, gx_ptr, ga_ptr, H, W, h, w, GH, GW,
     FULL: tl.constexpr, BLOCK: tl.constexpr, COMPUTE: tl.constexpr,
 ):
     plane = tl.program_id(1).to(tl.int64)
     HW = H * W
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < HW
-    a = _map_value(a_ptr, plane, offs, mask, H, W, h, w, FULL, COMPUTE)
+    a = _map_value(a_ptr, plane, offs, mask, H, W, h, w, GH, GW, FULL, COMPUTE)
     s0 = _load(x_ptr + plane * HW, offs, mask, COMPUTE)
     s1 = _step(s0, a)
     s2 = _step(s1, a)
@@ -234,28 +235,29 @@ def le_curve_backward(
     return grad_x, grad_r
 
 
-def _sizes(x, a):
+def _sizes(x, a, grid):
     H, W = x.shape[2], x.shape[3]
     h, w = a.shape[2], a.shape[3]
-    return H, W, h, w, (h, w) == (H, W)
+    GH, GW = (H, W) if grid is None else (grid[0], grid[1])
+    return H, W, h, w, GH, GW, (h, w) == (H, W) == (GH, GW)
 
 
-def le_curve_shared(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+def le_curve_shared(x: torch.Tensor, a: torch.Tensor, grid: list[int] | None = None) -> torch.Tensor:
     x, a = x.contiguous(), a.contiguous()
-    H, W, h, w, full = _sizes(x, a)
+    H, W, h, w, GH, GW, full = _sizes(x, a, grid)
     out = torch.empty_like(x)
     with on_device(x):
         wrap_triton(_le_curve_shared_fwd_kernel)[_grid(x)](
-            x, a, out, H, W, h, w, FULL=full, BLOCK=BLOCK, COMPUTE=_compute_type(x)
+            x, a, out, H, W, h, w, GH, GW, FULL=full, BLOCK=BLOCK, COMPUTE=_compute_type(x)
         )
     return out
 
 
 def le_curve_shared_backward(
-    x: torch.Tensor, a: torch.Tensor, grad_out: torch.Tensor
+    x: torch.Tensor, a: torch.Tensor, grad_out: torch.Tensor, grid: list[int] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     x, a, grad_out = x.contiguous(), a.contiguous(), grad_out.contiguous()
-    H, W, h, w, full = _sizes(x, a)
+    H, W, h, w, GH, GW, full = _sizes(x, a, grid)
     grad_x = torch.empty_like(x)
     if full:
         grad_a_full = torch.empty_like(x)
@@ -263,11 +265,16 @@ def le_curve_shared_backward(
         grad_a_full = torch.empty(x.shape, dtype=acc_dtype(x.dtype), device=x.device)
     with on_device(x):
         wrap_triton(_le_curve_shared_bwd_kernel)[_grid(x)](
-            x, a, grad_out, grad_x, grad_a_full, H, W, h, w, FULL=full, BLOCK=BLOCK, COMPUTE=_compute_type(x)
+            x, a, grad_out, grad_x, grad_a_full, H, W, h, w, GH, GW,
+            FULL=full, BLOCK=BLOCK, COMPUTE=_compute_type(x),
         )
     if full:
         return grad_x, grad_a_full
+    if (GH, GW) != (H, W):  # the grid's pixels outside the image contribute nothing
+        grad_a_full = torch.nn.functional.pad(grad_a_full, (0, GW - W, 0, GH - H))
+    if (h, w) == (GH, GW):
+        return grad_x, grad_a_full.to(a.dtype)
     grad_a = torch.ops.aten.upsample_bilinear2d_backward(
-        grad_a_full, [H, W], list(a.shape), True, None, None
+        grad_a_full, [GH, GW], list(a.shape), True, None, None
     )
     return grad_x, grad_a.to(a.dtype)
