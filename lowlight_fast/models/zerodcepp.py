@@ -84,24 +84,35 @@ class ZeroDCEPlusPlus(EnhancementModel):
         return enhanced[..., :h, :w], full[..., :h, :w]
 
     def _downscale_padded(self, x: torch.Tensor) -> torch.Tensor:
-        """``F.interpolate(self._pad(x), scale_factor=1/s, mode="bilinear")`` without the padded copy.
+        """``F.interpolate(self._pad(x), scale_factor=1/s, mode="bilinear")`` without the padded copy, to
+        within one rounding.
 
         Downscaling by an integer s (align_corners=False) reads, per output pixel and axis, the source
-        position s*j + (s-1)/2: one pixel for odd s, the two pixels around it with weights 1/2 for even s;
-        the padding replicates the last row and column, i.e. clamps the indices. So the rows and columns
-        read are gathered (clamped), and for even s halved by the same bilinear kernel (scale 2, weights
-        1/2 again): the same samples and weights as the padded original."""
+        position s*j + (s-1)/2: one pixel for odd s (weights 1 and 0), the two pixels around it with
+        weights 1/2 for even s; the padding replicates the last row and column, i.e. clamps the indices
+        (only the last cell's can pass the edge). Those pixels are strided views of x, so only they are
+        read. For even s the four are averaged as ((v00 + v01) + (v10 + v11)) / 4, which is aten's
+        (v00/2 + v01/2)/2 + (v10/2 + v11/2)/2 (every product exact); aten sums them in another order
+        for some sizes (one rounding apart)."""
         s = self.scale_factor
         h, w = x.shape[-2:]
         hp, wp = -(-h // s), -(-w // s)
 
-        def taps(n_out: int, n_in: int) -> torch.Tensor:
-            centre = torch.arange(n_out, device=x.device) * s + (s - 1) // 2
-            idx = centre if s % 2 else torch.stack([centre, centre + 1], dim=1).flatten()
-            return idx.clamp_(max=n_in - 1)
+        def pixels(row: int, col: int) -> torch.Tensor:  # x at (s*i + row, s*j + col), clamped
+            v = x[..., row::s, col::s]
+            if v.shape[-2] < hp:
+                v = torch.cat([v, x[..., h - 1:, col::s]], dim=-2)
+            if v.shape[-1] < wp:
+                last = x[..., row::s, w - 1:]
+                if last.shape[-2] < hp:
+                    last = torch.cat([last, x[..., h - 1:, w - 1:]], dim=-2)
+                v = torch.cat([v, last], dim=-1)
+            return v
 
-        picked = x.index_select(-2, taps(hp, h)).index_select(-1, taps(wp, w))
-        return picked if s % 2 else F.interpolate(picked, scale_factor=0.5, mode="bilinear")
+        c = (s - 1) // 2
+        if s % 2:
+            return pixels(c, c)
+        return ((pixels(c, c) + pixels(c, c + 1)) + (pixels(c + 1, c) + pixels(c + 1, c + 1))) * 0.25
 
     def inference_map(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int] | None]:
         """The curve map of an inference run and the pixel grid it covers (None: x's own size), for

@@ -285,7 +285,8 @@ def test_zerodcepp_training_loss_matches_the_original(scale, fused):
 @pytest.mark.parametrize("s", [2, 3, 4, 5, 12])
 @pytest.mark.parametrize("h,w", [(25, 37), (24, 37), (25, 36), (1, 13)])
 def test_zerodcepp_downscale_without_padding_equals_the_padded_original(s, h, w):
-    """The gathered downscale is the original's interpolation of the padded image, sample for sample."""
+    """The gathered downscale is the original's interpolation of the padded image, to one rounding
+    (aten's own order of the four-sample sum depends on the size)."""
     model = M.ZeroDCEPlusPlus(scale_factor=s)
     x = torch.rand(2, 3, h, w)
     padded = torch.nn.functional.pad(x, (0, (-w) % s, 0, (-h) % s), mode="replicate")
@@ -293,7 +294,7 @@ def test_zerodcepp_downscale_without_padding_equals_the_padded_original(s, h, w)
     for inp in (x, x.contiguous(memory_format=torch.channels_last)):
         got = model._downscale_padded(inp)
         assert got.shape == want.shape
-        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        torch.testing.assert_close(got, want, rtol=0, atol=1.2e-7)  # one float32 ulp below 1
 
 
 @pytest.mark.parametrize("s", [2, 3, 12])
