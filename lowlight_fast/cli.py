@@ -126,7 +126,8 @@ def cmd_enhance(args) -> int:
 
     try:
         enhancer = engine_enhancer(args) or Enhancer(
-            args.model, args.weights, args.device, scale_factor=args.scale_factor or None, tile=args.tile or None)
+            args.model, args.weights, args.device, scale_factor=args.scale_factor or None, tile=args.tile or None,
+            half=args.half)
     except (ValueError, FileNotFoundError, ImportError) as exc:
         _eprint(f"error: {exc}")
         return 2
@@ -296,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
         "process in N x N tiles (16 px overlap, same pixels as untiled); default: only when the image "
         "does not fit in memory"))
     p.add_argument("--threads", type=int_at_least(1), default=None, help="CPU threads (default: torch's default)")
+    p.add_argument("--half", action="store_true", help=(
+        "float16 inference (for GPUs: about half the memory and copies; on the CPU it runs, slowly); its "
+        "error against float32 is in benchmarks/RESULTS.md"))
     p.add_argument("--io-threads", type=int_at_least(0), default=IO_THREADS, metavar="N", help=(
         f"N threads decode the next images and N encode the previous results while the model runs "
         f"(default {IO_THREADS}); 0: read, enhance and write one file after the other"))

@@ -23,7 +23,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -82,18 +82,23 @@ class Enhancer:
     tile side is halved, down to MIN_TILE. A model that is not local (Zero-DCE++ above scale factor 1,
     a module the registry does not know) is never tiled.
 
+    ``half``: run the model in float16 (the weights converted once, each image converted on the
+    device); the result is still float32. Meant for GPUs; on the CPU it runs, slowly. Its error against
+    float32 is measured in benchmarks/RESULTS.md ("float16 inference").
+
     Calling it on a floating tensor in [0, 1], on the CPU or on any device, returns the enhanced image
-    on the CPU. Bad arguments raise ValueError (FileNotFoundError for missing weights, TypeError for a
+    on the CPU (float32). :meth:`stream` enhances a sequence of batches; on CUDA it overlaps the
+    host-device copies with the model. Bad arguments raise ValueError (FileNotFoundError for missing weights, TypeError for a
     ``model`` of another kind); the messages say what to change.
 
     Attributes: ``model`` (the module), ``device``, ``name`` (the registry name, else the class name),
     ``spec`` (the registry entry, None for a module it does not know), ``local`` (whether it may be
-    tiled), ``tile``.
+    tiled), ``tile``, ``half``.
     """
 
     def __init__(self, model: str | EnhancementModel, weights: str | os.PathLike | None = None,
                  device: str | torch.device = "auto", scale_factor: int | None = None,
-                 tile: int | None = None):
+                 tile: int | None = None, half: bool = False):
         from lowlight_fast.models import load_weights
 
         if tile is not None and tile < MIN_TILE:
@@ -130,7 +135,8 @@ class Enhancer:
                             f"got {type(model).__name__}")
         self.spec = spec
         module.check_range = False
-        self.model = module.eval().to(self.device)
+        self.half = bool(half)
+        self.model = module.eval().to(self.device, torch.float16 if self.half else None)
         self.tile = tile
         self._last_shape: tuple[int, ...] | None = None
 
@@ -141,7 +147,10 @@ class Enhancer:
         return " at this scale factor, which cannot be tiled; use a larger --scale-factor or --device cpu"
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.enhance_image(x.to(self.device, non_blocking=True))
+        x = x.to(self.device, non_blocking=True)
+        if self.half:
+            return self.model.enhance_image(x.half()).float()
+        return self.model.enhance_image(x)
 
     def _auto_tile(self, b: int, h: int, w: int) -> int | None:
         if not self.local:
@@ -182,6 +191,68 @@ class Enhancer:
                     if tile == MIN_TILE:
                         raise
                     tile = max(MIN_TILE, min(tile or max(h, w), max(h, w)) // 2)
+
+    def stream(self, batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """``self(x)`` for each batch, in order, as a generator. On CUDA the copies overlap the model:
+        each batch goes up from pinned host memory on a copy stream while the previous one is enhanced,
+        and comes back to pinned memory on that stream while the next one is (one batch in flight each
+        way). Batches that need tiles, or that run out of memory, go through ``self(x)``."""
+        if self.device.type != "cuda":
+            for x in batches:
+                yield self(x)
+            return
+        copy = torch.cuda.Stream(self.device)
+        compute = torch.cuda.current_stream(self.device)
+        pending: tuple[torch.Tensor, torch.cuda.Event] | None = None
+
+        def finish(item):
+            out, done = item
+            done.synchronize()
+            return out.float() if out.dtype != torch.float32 else out
+
+        for x in batches:
+            _validate.check_image(x, "x", channels=3)
+            _validate.check_unit_range(x, "x")
+            b, _, h, w = x.shape
+            if (self.tile or self._auto_tile(b, h, w)) and self.local:
+                if pending is not None:
+                    yield finish(pending)
+                    pending = None
+                yield self(x)
+                continue
+            try:
+                with torch.inference_mode():
+                    with torch.cuda.stream(copy):
+                        host = x if x.device.type != "cpu" or x.is_pinned() else x.pin_memory()
+                        xd = host.to(self.device, non_blocking=True)
+                        uploaded = torch.cuda.Event()
+                        uploaded.record(copy)
+                    compute.wait_event(uploaded)
+                    xd.record_stream(compute)
+                    yd = self.model.enhance_image(xd.half() if self.half else xd)
+                    enhanced = torch.cuda.Event()
+                    enhanced.record(compute)
+                    with torch.cuda.stream(copy):
+                        copy.wait_event(enhanced)
+                        out = torch.empty(yd.shape, dtype=yd.dtype, pin_memory=True)
+                        out.copy_(yd, non_blocking=True)
+                        yd.record_stream(copy)
+                        downloaded = torch.cuda.Event()
+                        downloaded.record(copy)
+            except Exception as exc:  # noqa: BLE001 - only memory errors are retried
+                if not is_out_of_memory(exc):
+                    raise
+                torch.cuda.synchronize(self.device)
+                if pending is not None:
+                    yield finish(pending)
+                    pending = None
+                yield self(x)  # halves the tile until it fits
+                continue
+            if pending is not None:
+                yield finish(pending)
+            pending = (out, downloaded)
+        if pending is not None:
+            yield finish(pending)
 
 
 class OnnxEnhancer:

@@ -149,10 +149,11 @@ def engine_enhancer(args):
     if not args.onnx:
         raise ValueError("--engine onnxruntime needs --onnx MODEL.onnx (write one with lowlight-fast export)")
     given = [flag for flag, value in (("--weights", args.weights), ("--scale-factor", args.scale_factor),
-                                      ("--tile", args.tile)) if value]
+                                      ("--tile", args.tile), ("--half", getattr(args, "half", False)))
+             if value]
     if given:
         raise ValueError(f"{', '.join(given)}: not used by --engine onnxruntime, which runs the ONNX file as "
-                         "it was exported (give them to lowlight-fast export instead)")
+                         "it was exported (give them to lowlight-fast export instead; --half: export --fp16)")
     enhancer = OnnxEnhancer(args.onnx, device=args.device, threads=args.threads)
     held = enhancer.metadata.get("model")
     if args.model != registry.DEFAULT and held is not None and held != args.model:

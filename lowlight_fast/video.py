@@ -16,6 +16,7 @@ Nothing here prints: errors are exceptions (per file, returned messages), progre
 """
 from __future__ import annotations
 
+import collections
 import os
 import queue
 import threading
@@ -451,21 +452,36 @@ def _transcode(av, inp, vin, ain, out, model, enhancer, options: VideoOptions, s
                threading.Thread(target=encode, name="lowlight-fast-video-write", daemon=True)]
     for t in threads:
         t.start()
-    try:
+    # Batches in flight (an Enhancer's stream keeps one on the GPU while the next is copied): their
+    # stamps, shape, and the audio packets (and the end) that followed them, passed on after their frames.
+    in_flight: collections.deque = collections.deque()
+
+    def batches():
         while True:
             item = pipe.get(decoded)
             if item is done or item[0] == "audio":
-                pipe.put(enhanced, item)
+                if in_flight:
+                    in_flight[-1][2].append(item)
+                else:
+                    pipe.put(enhanced, item)
                 if item is done:
-                    break
+                    return
                 continue
             _, x, stamps = item
-            y = model(x)
-            if tuple(y.shape) != tuple(x.shape):
-                raise VideoError(f"{src}: the model returned {tuple(y.shape)} for frames of {tuple(x.shape)}")
+            in_flight.append((stamps, tuple(x.shape), []))
+            yield x
+
+    stream = getattr(model, "stream", None)
+    try:
+        for y in (stream(batches()) if stream is not None else map(model, batches())):
+            stamps, shape, after = in_flight.popleft()
+            if tuple(y.shape) != shape:
+                raise VideoError(f"{src}: the model returned {tuple(y.shape)} for frames of {shape}")
             pipe.put(enhanced, ("video", y, stamps))
             if on_frames is not None:
                 on_frames(len(stamps))
+            for item in after:
+                pipe.put(enhanced, item)
     except _Stop:
         pass
     except BaseException as exc:  # noqa: BLE001 - the stages stop, then it is raised
