@@ -1,0 +1,176 @@
+"""A PNG encoder for 8- and 16-bit grey, grey+alpha, RGB and RGBA arrays, deflating on several cores.
+
+Pillow's PNG writer picks a filter for every row by trying them all, then deflates on one core. Here:
+
+- One filter for every row of the image, computed by numpy over whole blocks of rows: Sub (each byte
+  minus the byte one pixel to its left) at levels 1-9; none at level 0, where the data is stored and a
+  filter would only cost time. On the enhanced photographs this package writes, Sub alone gives files
+  the size of Pillow's per-row choice (benchmarks/RESULTS.md has the measurements).
+- Deflate in parallel, as pigz does: the filtered stream is cut into chunks of :data:`CHUNK` bytes, a
+  size fixed here (never derived from the number of threads, so the bytes written do not depend on it
+  or on the machine); each chunk is deflated on its own, primed with the last 32 KiB of the stream before
+  it (so matches reach across chunk boundaries and the ratio stays that of one serial deflate), and ended
+  on a byte boundary (a sync flush; the last one finishes the stream). zlib releases the GIL while it
+  deflates, so a thread pool runs the chunks side by side. Each chunk becomes one IDAT chunk; the zlib
+  header goes before the first, the Adler-32 of the whole stream (combined from the chunks') after the
+  last.
+- zlib settings as Pillow's: memLevel 9 and the ``Z_FILTERED`` strategy (which only levels 4-9 use), so a
+  level means what it means for Pillow's ``compress_level``.
+
+Only IHDR, IDAT and IEND are written (no gamma, colour profile, resolution or text), as Pillow writes
+for an array made with ``Image.fromarray``. Non-interlaced; 16-bit samples are big-endian, as PNG has them.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import BinaryIO
+
+import numpy as np
+
+__all__ = ["CHUNK", "THREADS", "encode", "save"]
+
+SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CHUNK = 1 << 20  # bytes of the filtered stream deflated as one piece (fixed: the output never depends on threads)
+WINDOW = 1 << 15  # deflate's window: how much of the stream before a chunk primes its compressor
+FILTER_ROWS_BYTES = 1 << 22  # rows filtered in one numpy call: about this many bytes (bounds temporaries)
+THREADS = min(2, os.cpu_count() or 1)  # default deflate threads (see benchmarks/RESULTS.md)
+COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type: grey, grey+alpha, RGB, RGBA
+NONE, SUB = 0, 1  # PNG filter types
+_ADLER_BASE = 65521
+
+
+def _check(a: np.ndarray, level: int, threads: int | None) -> tuple[np.ndarray, int]:
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"expected a numpy array, got {type(a).__name__}")
+    if a.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"expected uint8 or uint16 samples, got {a.dtype}")
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[2] not in COLOUR_TYPES:
+        raise ValueError(f"expected an H x W array or H x W x C with C in 1..4, got shape {a.shape}")
+    h, w, _ = a.shape
+    if not (1 <= h < 1 << 31 and 1 <= w < 1 << 31):
+        raise ValueError(f"PNG sides are 1 to 2^31-1 pixels, got {w} x {h}")
+    if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 0 <= level <= 9:
+        raise ValueError(f"level: expected an integer 0-9, got {level!r}")
+    if threads is None:
+        threads = THREADS
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads: expected an integer >= 1, got {threads!r}")
+    return a, int(threads)
+
+
+def _rows(a: np.ndarray) -> np.ndarray:
+    """H x W x C samples -> H x (W*C*bytes) uint8, the bytes of each row as PNG stores them."""
+    h = a.shape[0]
+    if a.dtype == np.uint16:
+        a = a.astype(">u2")  # a copy, big-endian (a no-op copy on big-endian machines)
+    a = np.ascontiguousarray(a)
+    return a.view(np.uint8).reshape(h, -1)
+
+
+def _filter(raw: np.ndarray, out: np.ndarray, r0: int, r1: int, kind: int, bpp: int) -> None:
+    """Filter rows r0:r1 of ``raw`` into ``out`` (H x (1 + row bytes)): filter byte, then the bytes."""
+    out[r0:r1, 0] = kind
+    src, dst = raw[r0:r1], out[r0:r1, 1:]
+    if kind == NONE:
+        dst[...] = src
+    else:  # Sub: bytes wrap modulo 256, as uint8 arithmetic does
+        dst[:, :bpp] = src[:, :bpp]
+        np.subtract(src[:, bpp:], src[:, :-bpp], out=dst[:, bpp:])
+
+
+def _zlib_header(level: int) -> bytes:
+    cmf = 0x78  # deflate, 32 KiB window
+    flg = (0 if level < 2 else 1 if level < 6 else 2 if level == 6 else 3) << 6  # FLEVEL, as zlib sets it
+    flg |= 31 - (cmf * 256 + flg) % 31
+    return bytes([cmf, flg])
+
+
+def _adler32_combine(adler1: int, adler2: int, len2: int) -> int:
+    """The Adler-32 of A + B from those of A and B and the length of B (zlib's adler32_combine)."""
+    a1, b1 = adler1 & 0xFFFF, adler1 >> 16
+    a2, b2 = adler2 & 0xFFFF, adler2 >> 16
+    a = (a1 + a2 - 1) % _ADLER_BASE
+    b = (b1 + b2 + (len2 % _ADLER_BASE) * (a1 - 1)) % _ADLER_BASE
+    return (b << 16) | a
+
+
+def _deflate_chunk(stream: memoryview, start: int, end: int, level: int, first: bool, last: bool):
+    """Deflate stream[start:end] -> (IDAT body, CRC-32 of b"IDAT" + body, Adler-32 of the input piece)."""
+    piece = stream[start:end]
+    if start:
+        z = zlib.compressobj(level, zlib.DEFLATED, -15, 9, zlib.Z_FILTERED, stream[max(0, start - WINDOW):start])
+    else:
+        z = zlib.compressobj(level, zlib.DEFLATED, -15, 9, zlib.Z_FILTERED)
+    body = z.compress(piece) + z.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+    if first:
+        body = _zlib_header(level) + body
+    return body, zlib.crc32(body, zlib.crc32(b"IDAT")), zlib.adler32(piece)
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _pieces(a: np.ndarray, level: int = 1, threads: int | None = None) -> list[bytes]:
+    """The PNG file as a list of byte strings, in order."""
+    a, threads = _check(a, level, threads)
+    h, w, c = a.shape
+    depth = 8 * a.dtype.itemsize
+    bpp = c * a.dtype.itemsize
+    raw = _rows(a)
+    row_bytes = raw.shape[1]
+    kind = NONE if level == 0 else SUB
+    filtered = np.empty((h, row_bytes + 1), np.uint8)
+    block = max(1, FILTER_ROWS_BYTES // (row_bytes + 1))
+    spans = [(r, min(h, r + block)) for r in range(0, h, block)]
+    n = filtered.size
+    starts = list(range(0, n, CHUNK))
+    stream = memoryview(filtered.reshape(-1))
+
+    def deflate(i: int):
+        return _deflate_chunk(stream, starts[i], min(n, starts[i] + CHUNK), level, i == 0, i == len(starts) - 1)
+
+    if threads == 1 or len(starts) == 1 and len(spans) == 1:
+        for r0, r1 in spans:
+            _filter(raw, filtered, r0, r1, kind, bpp)
+        results = [deflate(i) for i in range(len(starts))]
+    else:
+        with ThreadPoolExecutor(min(threads, max(len(starts), len(spans)))) as pool:
+            list(pool.map(lambda s: _filter(raw, filtered, s[0], s[1], kind, bpp), spans))
+            results = list(pool.map(deflate, range(len(starts))))
+    adler = 1
+    for (_, _, piece_adler), start in zip(results, starts):
+        adler = _adler32_combine(adler, piece_adler, min(n, start + CHUNK) - start)
+    trailer = struct.pack(">I", adler)
+    ihdr = struct.pack(">IIBBBBB", w, h, depth, COLOUR_TYPES[c], 0, 0, 0)
+    out = [SIGNATURE, _chunk(b"IHDR", ihdr)]
+    for i, (body, crc, _) in enumerate(results):
+        if i == len(results) - 1:
+            crc = zlib.crc32(trailer, crc)
+            out += [struct.pack(">I", len(body) + 4) + b"IDAT", body, trailer + struct.pack(">I", crc & 0xFFFFFFFF)]
+        else:
+            out += [struct.pack(">I", len(body)) + b"IDAT", body, struct.pack(">I", crc & 0xFFFFFFFF)]
+    out.append(_chunk(b"IEND", b""))
+    return out
+
+
+def encode(a: np.ndarray, level: int = 1, *, threads: int | None = None) -> bytes:
+    """The PNG file of ``a``: H x W (grey) or H x W x C (C = 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA), uint8
+    (8-bit PNG) or uint16 (16-bit PNG). ``level``: the zlib level 0-9. ``threads``: how many threads
+    deflate (default :data:`THREADS`); the bytes are the same for any number."""
+    return b"".join(_pieces(a, level, threads))
+
+
+def save(fp: str | os.PathLike | BinaryIO, a: np.ndarray, level: int = 1, *, threads: int | None = None) -> None:
+    """Write the PNG file of ``a`` (see :func:`encode`) to a path or a binary file object."""
+    pieces = _pieces(a, level, threads)
+    if hasattr(fp, "write"):
+        fp.writelines(pieces)
+        return
+    with open(fp, "wb") as f:
+        f.writelines(pieces)
