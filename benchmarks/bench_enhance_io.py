@@ -2,11 +2,13 @@
 
     PYTHONPATH=$PWD python benchmarks/bench_enhance_io.py [png] [images] [video] [flicker]
 
-- ``png``: PNG encoding of one enhanced 1920x1080 image at each zlib level (``--png-compression``):
-  ms and MB, best of 3.
+- ``png``: PNG encoding of one enhanced 1920x1080 image at each zlib level (``--png-compression``),
+  Pillow's encoder beside ours (``lowlight_fast.png``, 1 and 2 threads): ms and MB, best of 3; then the
+  file sizes of both on 4K scenes (noisy, smooth) at levels 0, 1, 6, 9.
 - ``images``: 4 1920x1080 and 4 3840x2160 PNGs (made from the bundled samples, with sensor-like
   noise) through Zero-DCE++ (scale factor 12) by ``lowlight_fast.enhance.enhance_files``, sequential
-  (io_threads=0) and overlapped (1, 2 threads): wall time, images/s, and the time spent decoding, in
+  (io_threads=0) and overlapped (1, 2 threads), each with the PNG encoder deflating on 1 and 2 threads
+  (``--png-threads``): wall time, images/s, and the time spent decoding, in
   the model and encoding (summed over threads: with overlap they add up to more than the wall time).
 - ``video``: a 1280x720 H.264 clip (generated here with PyAV, 30 fps, AAC audio) through Zero-DCE++
   (scale factor 12) by ``lowlight_fast.video.enhance_video``, end to end, in frames/s, per x264 preset.
@@ -18,6 +20,7 @@ Prints markdown tables. No GPU involved.
 from __future__ import annotations
 
 import argparse
+import io as pyio
 import os
 import sys
 import tempfile
@@ -32,7 +35,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lowlight_fast import io  # noqa: E402
+from lowlight_fast import io, png  # noqa: E402
 from lowlight_fast.enhance import Enhancer, enhance_files  # noqa: E402
 from lowlight_fast.models import registry  # noqa: E402
 
@@ -46,19 +49,54 @@ def _scene(w: int, h: int, seed: int, sample: int = 0) -> np.ndarray:
     return np.clip(base + rng.normal(0, 2, base.shape), 0, 255).astype(np.uint8)
 
 
+def _best_ms(fn, repeats: int) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best * 1e3, out
+
+
+def _pillow_png(a: np.ndarray, level: int) -> bytes:
+    buf = pyio.BytesIO()
+    Image.fromarray(a).save(buf, "PNG", compress_level=level)
+    return buf.getvalue()
+
+
 def bench_png(enhancer) -> None:
     x = torch.from_numpy(_scene(1920, 1080, 0)).permute(2, 0, 1)[None].float() / 255
     y = enhancer(x)
-    print("| zlib level | encode ms (best of 3) | MB |\n|---:|---:|---:|")
+    q = io.quantize(io.tensor_to_hwc(y), 8)
+    print("One enhanced 1920x1080 image; encode ms (best of 3) of the quantized array into memory, and of the "
+          "whole `write_image` call (rounding and file included)\n")
+    print("| zlib level | Pillow ms | Pillow MB | ours ms, 1 thread | ours ms, 2 threads | ours MB | write_image ms |"
+          "\n|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as d:
         for level in range(10):
+            pil_ms, pil = _best_ms(lambda: _pillow_png(q, level), 3)
+            ms1, ours = _best_ms(lambda: png.encode(q, level, threads=1), 3)
+            ms2, ours2 = _best_ms(lambda: png.encode(q, level, threads=2), 3)
+            assert ours == ours2
             path = os.path.join(d, "a.png")
-            times = []
-            for _ in range(3):
-                t = time.perf_counter()
-                io.write_image(path, y, png_compression=level)
-                times.append(time.perf_counter() - t)
-            print(f"| {level} | {min(times) * 1e3:.0f} | {os.path.getsize(path) / 1e6:.2f} |")
+            wi_ms, _ = _best_ms(lambda: io.write_image(path, y, png_compression=level), 3)
+            print(f"| {level} | {pil_ms:.0f} | {len(pil) / 1e6:.2f} | {ms1:.0f} | {ms2:.0f} | {len(ours) / 1e6:.2f} "
+                  f"| {wi_ms:.0f} |", flush=True)
+    scenes = {
+        "3840x2160 scene (a sample resized, noise sigma 2: the `images` inputs)": _scene(3840, 2160, 0),
+        "3840x2160 sample resized, no noise (smooth)": np.asarray(
+            Image.open(registry.bundled_samples()[0]).convert("RGB").resize((3840, 2160), Image.BICUBIC)),
+        "1920x1080 enhanced scene (as above)": q,
+    }
+    print("\nPillow (its per-row filter choice) against ours (Sub on every row), 2 threads; one run each\n")
+    print("| image | zlib level | Pillow ms | Pillow MB | ours ms | ours MB | size ours/Pillow |"
+          "\n|---|---:|---:|---:|---:|---:|---:|")
+    for name, a in scenes.items():
+        for level in (0, 1, 6, 9):
+            pil_ms, pil = _best_ms(lambda: _pillow_png(a, level), 1)
+            ms, ours = _best_ms(lambda: png.encode(a, level, threads=2), 1)
+            print(f"| {name} | {level} | {pil_ms:.0f} | {len(pil) / 1e6:.2f} | {ms:.0f} | {len(ours) / 1e6:.2f} "
+                  f"| {len(ours) / len(pil):.3f} |", flush=True)
 
 
 class _Timed:
@@ -76,7 +114,7 @@ class _Timed:
                 self.total += time.perf_counter() - t
 
 
-def bench_images(enhancer, repeats: int) -> None:
+def bench_images(enhancer, repeats: int, png_threads: list[int]) -> None:
     with tempfile.TemporaryDirectory() as d:
         files = []
         for i, (w, h) in enumerate([(1920, 1080)] * 4 + [(3840, 2160)] * 4):
@@ -84,24 +122,25 @@ def bench_images(enhancer, repeats: int) -> None:
             Image.fromarray(_scene(w, h, i, i)).save(files[-1], compress_level=1)
         mp = sum(Image.open(f).size[0] * Image.open(f).size[1] for f in files) / 1e6
         print(f"{len(files)} PNGs, {mp:.1f} MP; best of {repeats} (by wall time)\n")
-        print("| io_threads | wall s | images/s | decode s | model s | encode s |\n|---:|---:|---:|---:|---:|---:|")
-        real_read, real_write = io.read_image, io.write_image
-        runs = {n: [] for n in (0, 1, 2)}
+        print("| io_threads | PNG deflate threads | wall s | images/s | decode s | model s | encode s |"
+              "\n|---:|---:|---:|---:|---:|---:|---:|")
+        real_read, real_write, real_threads = io.read_image, io.write_image, png.THREADS
+        runs = {(n, t): [] for t in png_threads for n in (0, 1, 2)}
         for _ in range(repeats):
-            for n in runs:
+            for n, t in runs:
                 read, write, model = _Timed(real_read), _Timed(real_write), _Timed(enhancer)
-                io.read_image, io.write_image = read, write
+                io.read_image, io.write_image, png.THREADS = read, write, t
                 try:
-                    t = time.perf_counter()
+                    start = time.perf_counter()
                     written, errors = enhance_files(files, os.path.join(d, "out"), model, io_threads=n)
-                    wall = time.perf_counter() - t
+                    wall = time.perf_counter() - start
                 finally:
-                    io.read_image, io.write_image = real_read, real_write
+                    io.read_image, io.write_image, png.THREADS = real_read, real_write, real_threads
                 assert not errors and len(written) == len(files), errors
-                runs[n].append((wall, read.total, model.total, write.total))
-        for n, rs in runs.items():
+                runs[n, t].append((wall, read.total, model.total, write.total))
+        for (n, t), rs in runs.items():
             wall, r, m, w = min(rs)
-            print(f"| {n} | {wall:.2f} | {len(files) / wall:.2f} | {r:.2f} | {m:.2f} | {w:.2f} |")
+            print(f"| {n} | {t} | {wall:.2f} | {len(files) / wall:.2f} | {r:.2f} | {m:.2f} | {w:.2f} |")
 
 
 def _make_clip(path: str, frames: int) -> None:
@@ -171,6 +210,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", nargs="*", default=["png", "images", "video", "flicker"])
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--png-threads", type=int, nargs="+", default=[1, 2],
+                   help="images: the PNG encoder's deflate threads to compare (lowlight_fast.png.THREADS)")
     p.add_argument("--frames", type=int, default=150)
     p.add_argument("--presets", nargs="+", default=["default", "veryfast", "superfast", "ultrafast"])
     args = p.parse_args()
@@ -183,7 +224,7 @@ def main() -> None:
           f"load average before: {os.getloadavg()[0]:.1f}\n")
     for what in args.what:
         print(f"## {what}\n")
-        {"png": lambda: bench_png(enhancer), "images": lambda: bench_images(enhancer, args.repeats),
+        {"png": lambda: bench_png(enhancer), "images": lambda: bench_images(enhancer, args.repeats, args.png_threads),
          "video": lambda: bench_video(enhancer, args.frames, args.presets), "flicker": bench_flicker}[what]()
         print(f"\n(load average after: {os.getloadavg()[0]:.1f})\n")
 

@@ -5,6 +5,8 @@
   we decode the low bytes too, so all 16 bits are kept).
 - Multi-frame files (animated GIF/PNG/WebP, multi-page TIFF): the first frame is read, and
   :attr:`LoadedImage.frames` says how many there are, so that a caller can warn.
+- PNG output (8 and 16 bits) is encoded by :mod:`lowlight_fast.png` (one filter for every row, deflate on
+  several cores); the other formats by Pillow.
 - Images above ``max_pixels`` (default :data:`MAX_PIXELS`) are refused before they are decoded (a
   header can claim any size: a decompression bomb), and an image that does not fit in memory is
   reported like a corrupt one, naming the file.
