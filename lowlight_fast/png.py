@@ -2,10 +2,13 @@
 
 Pillow's PNG writer picks a filter for every row by trying them all, then deflates on one core. Here:
 
-- One filter for every row of the image, computed by numpy over whole blocks of rows: Sub (each byte
-  minus the byte one pixel to its left) at levels 1-9; none at level 0, where the data is stored and a
-  filter would only cost time. On the enhanced photographs this package writes, Sub alone gives files
-  the size of Pillow's per-row choice (benchmarks/RESULTS.md has the measurements).
+- The rows are filtered by numpy over whole blocks of rows. Levels 1-3 (the fast ones; 1 is the command
+  line's default): Sub on every row (each byte minus the byte one pixel to its left), which costs next
+  to nothing; on the enhanced photographs this package writes it gives files the size of Pillow's, whose
+  per-row choice costs it about as much time as the deflating. Levels 4-9 (for size): each row the
+  filter Pillow would choose (the least sum of absolute values, of None, Up, Sub and Paeth), so the
+  files are Pillow's size on smooth pictures too, where Paeth does better than Sub. Level 0 (stored):
+  no filter, which would only cost time. (benchmarks/RESULTS.md has the measurements.)
 - Deflate in parallel, as pigz does: the filtered stream is cut into chunks of :data:`CHUNK` bytes, a
   size fixed here (never derived from the number of threads, so the bytes written do not depend on it
   or on the machine); each chunk is deflated on its own, primed with the last 32 KiB of the stream before
@@ -35,10 +38,12 @@ __all__ = ["CHUNK", "THREADS", "encode", "save"]
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CHUNK = 1 << 20  # bytes of the filtered stream deflated as one piece (fixed: the output never depends on threads)
 WINDOW = 1 << 15  # deflate's window: how much of the stream before a chunk primes its compressor
-FILTER_ROWS_BYTES = 1 << 22  # rows filtered in one numpy call: about this many bytes (bounds temporaries)
+FILTER_ROWS_BYTES = 1 << 19  # rows filtered in one numpy call: about this many bytes (cache-sized)
 THREADS = min(2, os.cpu_count() or 1)  # default deflate threads (see benchmarks/RESULTS.md)
 COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type: grey, grey+alpha, RGB, RGBA
-NONE, SUB = 0, 1  # PNG filter types
+NONE, SUB, UP, PAETH = 0, 1, 2, 4  # PNG filter types
+ADAPTIVE = -1  # each row its own (Pillow's rule)
+ADAPTIVE_FROM_LEVEL = 4  # levels below: Sub on every row (speed); from here on: ADAPTIVE (size)
 _ADLER_BASE = 65521
 
 
@@ -73,7 +78,11 @@ def _rows(a: np.ndarray) -> np.ndarray:
 
 
 def _filter(raw: np.ndarray, out: np.ndarray, r0: int, r1: int, kind: int, bpp: int) -> None:
-    """Filter rows r0:r1 of ``raw`` into ``out`` (H x (1 + row bytes)): filter byte, then the bytes."""
+    """Filter rows r0:r1 of ``raw`` into ``out`` (H x (1 + row bytes)): filter byte, then the bytes.
+    ``kind``: NONE, SUB, or ADAPTIVE (each row its own filter, by Pillow's rule)."""
+    if kind == ADAPTIVE:
+        _filter_adaptive(raw, out, r0, r1, bpp)
+        return
     out[r0:r1, 0] = kind
     src, dst = raw[r0:r1], out[r0:r1, 1:]
     if kind == NONE:
@@ -81,6 +90,44 @@ def _filter(raw: np.ndarray, out: np.ndarray, r0: int, r1: int, kind: int, bpp: 
     else:  # Sub: bytes wrap modulo 256, as uint8 arithmetic does
         dst[:, :bpp] = src[:, :bpp]
         np.subtract(src[:, bpp:], src[:, :-bpp], out=dst[:, bpp:])
+
+
+def _filter_adaptive(raw: np.ndarray, out: np.ndarray, r0: int, r1: int, bpp: int) -> None:
+    """Each row of r0:r1 with the filter whose bytes, read as signed, have the least sum of absolute
+    values, of None, Up, Sub and Paeth tried in that order (the first of equal sums): the rule of
+    Pillow's PNG encoder (after libpng), so its files and ours hold the same filtered bytes. The row
+    above the first is taken as zeros, as PNG decoders do."""
+    cur = raw[r0:r1]
+    if r0:
+        up8 = raw[r0 - 1:r1 - 1]
+    else:
+        up8 = np.concatenate([np.zeros((1, raw.shape[1]), np.uint8), cur[:-1]])
+    sub = cur.copy()
+    np.subtract(cur[:, bpp:], cur[:, :-bpp], out=sub[:, bpp:])
+    up = cur - up8
+    # Paeth: predict each byte by the left (a), upper (b) or upper-left (c) byte nearest to a + b - c
+    b = up8.astype(np.int16)
+    a = np.zeros_like(b)
+    a[:, bpp:] = cur[:, :-bpp]
+    c = np.zeros_like(b)
+    c[:, bpp:] = b[:, :-bpp]
+    pa = b - c  # p - a
+    pb = a - c  # p - b
+    pc = np.abs(pa + pb)  # p - c
+    np.abs(pa, out=pa)
+    np.abs(pb, out=pb)
+    pred = np.where(pb <= pc, b, c)
+    np.copyto(pred, a, where=(pa <= pb) & (pa <= pc))
+    paeth = cur - pred.astype(np.uint8)
+    candidates = (cur, up, sub, paeth)
+    costs = np.stack([np.minimum(x, np.negative(x)).sum(axis=1, dtype=np.int64) for x in candidates])
+    choice = costs.argmin(axis=0)
+    kinds = np.array([NONE, UP, SUB, PAETH], np.uint8)
+    out[r0:r1, 0] = kinds[choice]
+    for i, x in enumerate(candidates):
+        rows = np.flatnonzero(choice == i)
+        if rows.size:
+            out[r0 + rows, 1:] = x[rows]
 
 
 def _zlib_header(level: int) -> bytes:
@@ -124,7 +171,7 @@ def _pieces(a: np.ndarray, level: int = 1, threads: int | None = None) -> list[b
     bpp = c * a.dtype.itemsize
     raw = _rows(a)
     row_bytes = raw.shape[1]
-    kind = NONE if level == 0 else SUB
+    kind = NONE if level == 0 else SUB if level < ADAPTIVE_FROM_LEVEL else ADAPTIVE
     filtered = np.empty((h, row_bytes + 1), np.uint8)
     block = max(1, FILTER_ROWS_BYTES // (row_bytes + 1))
     spans = [(r, min(h, r + block)) for r in range(0, h, block)]
