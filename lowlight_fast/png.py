@@ -36,7 +36,7 @@ import numpy as np
 __all__ = ["CHUNK", "THREADS", "encode", "save"]
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
-CHUNK = 1 << 20  # bytes of the filtered stream deflated as one piece (fixed: the output never depends on threads)
+CHUNK = 1 << 20  # bytes of filtered stream per deflate piece (fixed: the bytes never depend on threads)
 WINDOW = 1 << 15  # deflate's window: how much of the stream before a chunk primes its compressor
 FILTER_ROWS_BYTES = 1 << 19  # rows filtered in one numpy call: about this many bytes (cache-sized)
 THREADS = min(2, os.cpu_count() or 1)  # default deflate threads (see benchmarks/RESULTS.md)
@@ -150,7 +150,8 @@ def _deflate_chunk(stream: memoryview, start: int, end: int, level: int, first: 
     """Deflate stream[start:end] -> (IDAT body, CRC-32 of b"IDAT" + body, Adler-32 of the input piece)."""
     piece = stream[start:end]
     if start:
-        z = zlib.compressobj(level, zlib.DEFLATED, -15, 9, zlib.Z_FILTERED, stream[max(0, start - WINDOW):start])
+        zdict = stream[max(0, start - WINDOW):start]
+        z = zlib.compressobj(level, zlib.DEFLATED, -15, 9, zlib.Z_FILTERED, zdict)
     else:
         z = zlib.compressobj(level, zlib.DEFLATED, -15, 9, zlib.Z_FILTERED)
     body = z.compress(piece) + z.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
@@ -160,7 +161,8 @@ def _deflate_chunk(stream: memoryview, start: int, end: int, level: int, first: 
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
 
 def _pieces(a: np.ndarray, level: int = 1, threads: int | None = None) -> list[bytes]:
@@ -180,7 +182,8 @@ def _pieces(a: np.ndarray, level: int = 1, threads: int | None = None) -> list[b
     stream = memoryview(filtered.reshape(-1))
 
     def deflate(i: int):
-        return _deflate_chunk(stream, starts[i], min(n, starts[i] + CHUNK), level, i == 0, i == len(starts) - 1)
+        end = min(n, starts[i] + CHUNK)
+        return _deflate_chunk(stream, starts[i], end, level, i == 0, i == len(starts) - 1)
 
     if threads == 1 or len(starts) == 1 and len(spans) == 1:
         for r0, r1 in spans:
@@ -199,7 +202,8 @@ def _pieces(a: np.ndarray, level: int = 1, threads: int | None = None) -> list[b
     for i, (body, crc, _) in enumerate(results):
         if i == len(results) - 1:
             crc = zlib.crc32(trailer, crc)
-            out += [struct.pack(">I", len(body) + 4) + b"IDAT", body, trailer + struct.pack(">I", crc & 0xFFFFFFFF)]
+            out += [struct.pack(">I", len(body) + 4) + b"IDAT", body,
+                    trailer + struct.pack(">I", crc & 0xFFFFFFFF)]
         else:
             out += [struct.pack(">I", len(body)) + b"IDAT", body, struct.pack(">I", crc & 0xFFFFFFFF)]
     out.append(_chunk(b"IEND", b""))
@@ -213,7 +217,8 @@ def encode(a: np.ndarray, level: int = 1, *, threads: int | None = None) -> byte
     return b"".join(_pieces(a, level, threads))
 
 
-def save(fp: str | os.PathLike | BinaryIO, a: np.ndarray, level: int = 1, *, threads: int | None = None) -> None:
+def save(fp: str | os.PathLike | BinaryIO, a: np.ndarray, level: int = 1, *,
+         threads: int | None = None) -> None:
     """Write the PNG file of ``a`` (see :func:`encode`) to a path or a binary file object."""
     pieces = _pieces(a, level, threads)
     if hasattr(fp, "write"):

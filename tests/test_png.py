@@ -50,10 +50,12 @@ def _check_structure(data: bytes, a: np.ndarray, level: int) -> bytes:
     assert kinds[0] == b"IHDR" and kinds[-1] == b"IEND" and set(kinds[1:-1]) == {b"IDAT"}
     h, w = a.shape[:2]
     c = a.shape[2] if a.ndim == 3 else 1
-    assert struct.unpack(">IIBBBBB", chunks[0][1]) == (w, h, 8 * a.dtype.itemsize, png.COLOUR_TYPES[c], 0, 0, 0)
+    depth = 8 * a.dtype.itemsize
+    assert struct.unpack(">IIBBBBB", chunks[0][1]) == (w, h, depth, png.COLOUR_TYPES[c], 0, 0, 0)
     z = b"".join(body for k, body in chunks if k == b"IDAT")
     cmf, flg = z[0], z[1]
-    assert cmf == 0x78 and (cmf * 256 + flg) % 31 == 0 and not flg & 0x20  # deflate, 32K window, no dictionary
+    assert cmf == 0x78 and (cmf * 256 + flg) % 31 == 0  # deflate, 32 KiB window, check bits
+    assert not flg & 0x20  # no preset dictionary
     d = zlib.decompressobj(-15)
     stream = d.decompress(z[2:]) + d.flush()
     assert d.eof and len(d.unused_data) == 4, "one deflate stream, then the Adler-32"
@@ -197,7 +199,8 @@ def test_adler32_combine_matches_zlib(rng):
         got = png._adler32_combine(zlib.adler32(x[:n1]), zlib.adler32(x[n1:]), n2)
         assert got == zlib.adler32(x), (n1, n2)
     ones = b"\xff" * 200000  # sums near the modulus
-    assert png._adler32_combine(zlib.adler32(ones[:99999]), zlib.adler32(ones[99999:]), 100001) == zlib.adler32(ones)
+    got = png._adler32_combine(zlib.adler32(ones[:99999]), zlib.adler32(ones[99999:]), 100001)
+    assert got == zlib.adler32(ones)
 
 
 @pytest.mark.parametrize("bits", [8, 16])
