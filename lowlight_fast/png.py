@@ -35,11 +35,19 @@ import numpy as np
 
 __all__ = ["CHUNK", "THREADS", "encode", "save"]
 
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CHUNK = 1 << 20  # bytes of filtered stream per deflate piece (fixed: the bytes never depend on threads)
 WINDOW = 1 << 15  # deflate's window: how much of the stream before a chunk primes its compressor
 FILTER_ROWS_BYTES = 1 << 19  # rows filtered in one numpy call: about this many bytes (cache-sized)
-THREADS = min(2, os.cpu_count() or 1)  # default deflate threads (see benchmarks/RESULTS.md)
+THREADS = min(8, _usable_cores())  # default deflate threads: the cores this process may use, at most 8
 COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type: grey, grey+alpha, RGB, RGBA
 NONE, SUB, UP, PAETH = 0, 1, 2, 4  # PNG filter types
 ADAPTIVE = -1  # each row its own (Pillow's rule)
