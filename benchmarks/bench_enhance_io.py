@@ -1,10 +1,12 @@
 """Image and video I/O around the model in ``lowlight-fast enhance``, on the CPU.
 
-    PYTHONPATH=$PWD python benchmarks/bench_enhance_io.py [png] [images] [video] [flicker]
+    PYTHONPATH=$PWD python benchmarks/bench_enhance_io.py [png] [png-filters] [images] [video] [flicker]
 
 - ``png``: PNG encoding of one enhanced 1920x1080 image at each zlib level (``--png-compression``),
   Pillow's encoder beside ours (``lowlight_fast.png``, 1 and 2 threads): ms and MB, best of 3; then the
   file sizes of both on 4K scenes (noisy, smooth) at levels 0, 1, 6, 9.
+- ``png-filters``: file sizes with one fixed PNG filter on every row (None, Sub, Up, Average, Paeth)
+  against Pillow's per-row choice, on 1080p scenes (noisy, smooth, enhanced), levels 1, 6, 9.
 - ``images``: 4 1920x1080 and 4 3840x2160 PNGs (made from the bundled samples, with sensor-like
   noise) through Zero-DCE++ (scale factor 12) by ``lowlight_fast.enhance.enhance_files``, sequential
   (io_threads=0) and overlapped (1, 2 threads), each with the PNG encoder deflating on 1 and 2 threads
@@ -26,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +102,47 @@ def bench_png(enhancer) -> None:
             ms, cpu, ours = _best_ms(lambda: png.encode(a, level, threads=2), 1)
             print(f"| {name} | {level} | {pil_ms:.0f} | {pil_cpu:.0f} | {len(pil) / 1e6:.2f} | {ms:.0f} "
                   f"| {cpu:.0f} | {len(ours) / 1e6:.2f} | {len(ours) / len(pil):.3f} |", flush=True)
+
+
+def _fixed_filter_stream(a: np.ndarray, kind: int) -> bytes:
+    """The PNG stream of an 8-bit H x W x C array with one filter (0 None .. 4 Paeth) on every row."""
+    h, bpp = a.shape[0], a.shape[2]
+    r = a.reshape(h, -1).astype(np.int16)
+    left = np.zeros_like(r)
+    left[:, bpp:] = r[:, :-bpp]
+    up = np.zeros_like(r)
+    up[1:] = r[:-1]
+    upleft = np.zeros_like(r)
+    upleft[1:, bpp:] = r[:-1, :-bpp]
+    pa, pb, pc = np.abs(up - upleft), np.abs(left - upleft), np.abs(left + up - 2 * upleft)
+    paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, upleft))
+    pred = [np.zeros_like(r), left, up, (left + up) >> 1, paeth][kind]
+    rows = ((r - pred) & 0xFF).astype(np.uint8)
+    return np.concatenate([np.full((h, 1), kind, np.uint8), rows], axis=1).tobytes()
+
+
+def bench_png_filters(enhancer) -> None:
+    """File sizes with one fixed filter on every row, zlib as Pillow sets it, against Pillow's files."""
+    q = io.quantize(io.tensor_to_hwc(enhancer(
+        torch.from_numpy(_scene(1920, 1080, 0)).permute(2, 0, 1)[None].float() / 255)), 8)
+    scenes = {
+        "1920x1080 scene (noise sigma 2)": _scene(1920, 1080, 0),
+        "1920x1080 sample resized, no noise": np.asarray(
+            Image.open(registry.bundled_samples()[0]).convert("RGB").resize((1920, 1080), Image.BICUBIC)),
+        "1920x1080 enhanced scene": q,
+    }
+    names = ["None", "Sub", "Up", "Average", "Paeth"]
+    print("MB; one filter on every row, deflated serially (memLevel 9, Z_FILTERED), against Pillow's file\n")
+    print("| image | zlib level | " + " | ".join(names) + " | Pillow |\n|---|---:|" + "---:|" * 6)
+    for name, a in scenes.items():
+        streams = [_fixed_filter_stream(a, k) for k in range(5)]
+        for level in (1, 6, 9):
+            sizes = []
+            for st in streams:
+                z = zlib.compressobj(level, zlib.DEFLATED, 15, 9, zlib.Z_FILTERED)
+                sizes.append(len(z.compress(st) + z.flush()))
+            sizes.append(len(_pillow_png(a, level)))
+            print(f"| {name} | {level} | " + " | ".join(f"{n / 1e6:.3f}" for n in sizes) + " |", flush=True)
 
 
 class _Timed:
@@ -226,7 +270,7 @@ def main() -> None:
           f"load average before: {os.getloadavg()[0]:.1f}\n")
     for what in args.what:
         print(f"## {what}\n")
-        {"png": lambda: bench_png(enhancer),
+        {"png": lambda: bench_png(enhancer), "png-filters": lambda: bench_png_filters(enhancer),
          "images": lambda: bench_images(enhancer, args.repeats, args.png_threads),
          "video": lambda: bench_video(enhancer, args.frames, args.presets), "flicker": bench_flicker}[what]()
         print(f"\n(load average after: {os.getloadavg()[0]:.1f})\n")
