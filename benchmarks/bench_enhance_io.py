@@ -6,7 +6,8 @@
   Pillow's encoder beside ours (``lowlight_fast.png``, 1 and 2 threads): ms and MB, best of 3; then the
   file sizes of both on 4K scenes (noisy, smooth) at levels 0, 1, 6, 9.
 - ``png-filters``: file sizes with one fixed PNG filter on every row (None, Sub, Up, Average, Paeth)
-  against Pillow's per-row choice, on 1080p scenes (noisy, smooth, enhanced), levels 1, 6, 9.
+  against Pillow's per-row choice, on 1080p scenes (noisy, smooth, enhanced), levels 1, 6, 9; and the time
+  ``lowlight_fast.png`` takes to filter a 4K frame, with Sub and with Pillow's per-row choice.
 - ``images``: 4 1920x1080 and 4 3840x2160 PNGs (made from the bundled samples, with sensor-like
   noise) through Zero-DCE++ (scale factor 12) by ``lowlight_fast.enhance.enhance_files``, sequential
   (io_threads=0) and overlapped (1, 2 threads), each with the PNG encoder deflating on 1 and 2 threads
@@ -68,6 +69,18 @@ def _pillow_png(a: np.ndarray, level: int) -> bytes:
     return buf.getvalue()
 
 
+def _one_piece_size(data: bytes, level: int) -> int:
+    """The size of the PNG ``data`` were its filtered stream deflated in one piece (same zlib settings)."""
+    idat, pos = [], 8
+    while pos < len(data):
+        n, kind = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
+        if kind == b"IDAT":
+            idat.append(data[pos + 8:pos + 8 + n])
+        pos += 12 + n
+    z = zlib.compressobj(level, zlib.DEFLATED, 15, 9, zlib.Z_FILTERED)
+    return len(data) - sum(map(len, idat)) + len(z.compress(zlib.decompress(b"".join(idat))) + z.flush())
+
+
 def bench_png(enhancer) -> None:
     x = torch.from_numpy(_scene(1920, 1080, 0)).permute(2, 0, 1)[None].float() / 255
     y = enhancer(x)
@@ -75,17 +88,17 @@ def bench_png(enhancer) -> None:
     print("One enhanced 1920x1080 image; encode ms (best of 3) of the quantized array into memory, wall and "
           "CPU (all threads), and of the whole `write_image` call (rounding and file included)\n")
     print("| zlib level | Pillow ms | Pillow CPU ms | Pillow MB | ours ms, 1 thread | ours ms, 2 threads "
-          "| ours CPU ms, 2 threads | ours MB | write_image ms |\n" + "|---:" * 9 + "|")
+          "| ours CPU ms, 1 / 2 threads | ours MB | write_image ms |\n" + "|---:" * 9 + "|")
     with tempfile.TemporaryDirectory() as d:
         for level in range(10):
             pil_ms, pil_cpu, pil = _best_ms(lambda: _pillow_png(q, level), 3)
-            ms1, _, ours = _best_ms(lambda: png.encode(q, level, threads=1), 3)
+            ms1, cpu1, ours = _best_ms(lambda: png.encode(q, level, threads=1), 3)
             ms2, cpu2, ours2 = _best_ms(lambda: png.encode(q, level, threads=2), 3)
             assert ours == ours2
             path = os.path.join(d, "a.png")
             wi_ms, _, _ = _best_ms(lambda: io.write_image(path, y, png_compression=level), 3)
             print(f"| {level} | {pil_ms:.0f} | {pil_cpu:.0f} | {len(pil) / 1e6:.2f} | {ms1:.0f} | {ms2:.0f} "
-                  f"| {cpu2:.0f} | {len(ours) / 1e6:.2f} | {wi_ms:.0f} |", flush=True)
+                  f"| {cpu1:.0f} / {cpu2:.0f} | {len(ours) / 1e6:.2f} | {wi_ms:.0f} |", flush=True)
     scenes = {
         "3840x2160 scene (a sample resized, noise sigma 2: the `images` inputs)": _scene(3840, 2160, 0),
         "3840x2160 sample resized, no noise (smooth)": np.asarray(
@@ -95,13 +108,14 @@ def bench_png(enhancer) -> None:
     print("\nPillow (its per-row filter choice) against ours (level 0: no filter; 1-3: Sub on every row; "
           "4-9: Pillow's per-row choice), 2 threads; one run each\n")
     print("| image | zlib level | Pillow ms | Pillow CPU ms | Pillow MB | ours ms | ours CPU ms | ours MB "
-          "| size ours/Pillow |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| size ours/Pillow | our stream in one piece, MB |\n|---|" + "---:|" * 9)
     for name, a in scenes.items():
         for level in (0, 1, 6, 9):
             pil_ms, pil_cpu, pil = _best_ms(lambda: _pillow_png(a, level), 1)
             ms, cpu, ours = _best_ms(lambda: png.encode(a, level, threads=2), 1)
             print(f"| {name} | {level} | {pil_ms:.0f} | {pil_cpu:.0f} | {len(pil) / 1e6:.2f} | {ms:.0f} "
-                  f"| {cpu:.0f} | {len(ours) / 1e6:.2f} | {len(ours) / len(pil):.3f} |", flush=True)
+                  f"| {cpu:.0f} | {len(ours) / 1e6:.2f} | {len(ours) / len(pil):.3f} "
+                  f"| {_one_piece_size(ours, level) / 1e6:.2f} |", flush=True)
 
 
 def _fixed_filter_stream(a: np.ndarray, kind: int) -> bytes:
@@ -143,6 +157,19 @@ def bench_png_filters(enhancer) -> None:
                 sizes.append(len(z.compress(st) + z.flush()))
             sizes.append(len(_pillow_png(a, level)))
             print(f"| {name} | {level} | " + " | ".join(f"{n / 1e6:.3f}" for n in sizes) + " |", flush=True)
+    a = _scene(3840, 2160, 0)
+    raw = a.reshape(a.shape[0], -1)
+    out = np.empty((raw.shape[0], raw.shape[1] + 1), np.uint8)
+    block = max(1, png.FILTER_ROWS_BYTES // out.shape[1])
+    print("\nFiltering one 3840x2160 scene in lowlight_fast.png (numpy, one thread, blocks of rows), "
+          "best of 3:\n")
+    print("| filter | ms |\n|---|---:|")
+    kinds = {"Sub on every row (levels 1-3)": png.SUB, "Pillow's per-row choice (levels 4-9)": png.ADAPTIVE}
+    for label, kind in kinds.items():
+        def run():
+            for r in range(0, raw.shape[0], block):
+                png._filter(raw, out, r, min(raw.shape[0], r + block), kind, 3)
+        print(f"| {label} | {_best_ms(run, 3)[0]:.0f} |")
 
 
 class _Timed:
