@@ -1,6 +1,6 @@
 """A PNG encoder for 8- and 16-bit grey, grey+alpha, RGB and RGBA arrays, deflating on several cores.
 
-Pillow's PNG writer picks a filter for every row by trying them all, then deflates on one core. Here:
+Pillow's PNG writer picks a filter for every row by trying four of them, then deflates on one core. Here:
 
 - The rows are filtered by numpy over whole blocks of rows. Levels 1-3 (the fast ones; 1 is the command
   line's default): Sub on every row (each byte minus the byte one pixel to its left), which costs next
