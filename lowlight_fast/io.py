@@ -5,6 +5,8 @@
   we decode the low bytes too, so all 16 bits are kept).
 - Multi-frame files (animated GIF/PNG/WebP, multi-page TIFF): the first frame is read, and
   :attr:`LoadedImage.frames` says how many there are, so that a caller can warn.
+- PNG output (8 and 16 bits) is encoded by :mod:`lowlight_fast.png` (one filter for every row, deflate on
+  several cores); the other formats by Pillow.
 - Images above ``max_pixels`` (default :data:`MAX_PIXELS`) are refused before they are decoded (a
   header can claim any size: a decompression bomb), and an image that does not fit in memory is
   reported like a corrupt one, naming the file.
@@ -24,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+
+from lowlight_fast import png
 
 # Pillow's own bomb check warns at 89 MP and fails at twice that; large photographs are the point here,
 # so read_image applies its own limit (MAX_PIXELS, which a caller can raise) before decoding.
@@ -235,19 +239,16 @@ def _format_for(path: str) -> str:
     return fmt
 
 
-def _write_png16(path: str, a: np.ndarray, level: int) -> None:
-    """Write an H x W x C (C = 3 or 4) uint16 array as a 16-bit PNG (Pillow cannot write these)."""
-    h, w, c = a.shape
-    colour_type = {3: 2, 4: 6}[c]
-    rows = np.ascontiguousarray(a.astype(">u2")).view(np.uint8).reshape(h, w * c * 2)
-    raw = np.concatenate([np.zeros((h, 1), np.uint8), rows], axis=1).tobytes()  # filter byte 0 per row
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
-    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, level)) + chunk(b"IEND", b"")
-    _atomic_write_bytes(path, data)
+def _write_png(path: str, a: np.ndarray, level: int) -> None:
+    """Write an H x W x C (C = 3 or 4) uint8/uint16 array as an 8/16-bit PNG (lowlight_fast.png: one
+    filter for every row, deflated on several cores), atomically."""
+    tmp = temporary_path(path)
+    try:
+        png.save(tmp, a, level)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def temporary_path(path: str) -> str:
@@ -255,17 +256,6 @@ def temporary_path(path: str) -> str:
     (hidden files are never taken for inputs), one per process."""
     folder, name = os.path.split(path)
     return os.path.join(folder, f".{name}.tmp{os.getpid()}")
-
-
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    tmp = temporary_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 _alpha_warned: set[str] = set()
@@ -304,16 +294,14 @@ def write_image(
         elif alpha.dtype == np.uint8 and out_bits == 16:
             alpha = alpha.astype(np.uint16) * 257
     q = quantize(rgb, out_bits)
-    if out_bits == 16:
-        _write_png16(path, q if alpha is None else np.concatenate([q, alpha[..., None]], axis=2), png_compression)
-        return
     arr = q if alpha is None else np.concatenate([q, alpha[..., None]], axis=2)
+    if fmt == "PNG":
+        _write_png(path, arr, png_compression)
+        return
     im = Image.fromarray(arr, "RGB" if alpha is None else "RGBA")
     kwargs = {}
     if fmt in ("JPEG", "WEBP"):
         kwargs["quality"] = quality
-    if fmt == "PNG":
-        kwargs["compress_level"] = png_compression
     if fmt == "JPEG":
         kwargs["subsampling"] = 0 if quality >= 90 else 2
     tmp = temporary_path(path)

@@ -238,20 +238,22 @@ def test_nan_input_tensor_is_refused_by_the_enhancer(weights_dir):
 
 # ------------------------------------------------------------------------------------------ temporaries
 def test_a_failed_write_leaves_no_temporary_file(tmp_path, folder, monkeypatch):
-    from lowlight_fast import io
+    from lowlight_fast import io, png
 
-    def full_disk(self, fp, *args, **kwargs):
+    def full_disk(fp, *args, **kwargs):
         with open(fp, "wb") as f:
             f.write(b"partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(Image.Image, "save", full_disk)
     out = tmp_path / "out"
-    written, errors = enhance_files([str(folder / "a.png")], out, lambda x: x)
-    assert written == [] and len(errors) == 1 and "no space left on the device" in errors[0]
-    assert list(out.iterdir()) == []
-    with pytest.raises(OSError):  # the 16-bit writer cleans up too
-        monkeypatch.setattr(io, "_write_png16", io._write_png16)
+    with monkeypatch.context() as m:
+        m.setattr(Image.Image, "save", lambda self, fp, *a, **kw: full_disk(fp))  # Pillow's writers
+        m.setattr(png, "save", full_disk)  # the PNG writer
+        for ext in ("png", "tif"):
+            written, errors = enhance_files([str(folder / "a.png")], out, lambda x: x, ext=ext)
+            assert written == [] and len(errors) == 1 and "no space left on the device" in errors[0]
+            assert list(out.iterdir()) == []
+    with pytest.raises(OSError):  # a failure after the file is written: cleaned up too
         monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left")))
         io.write_image(str(out / "deep.png"), np.zeros((4, 4, 3), np.float32), bits=16)
     assert list(out.iterdir()) == []
