@@ -7,7 +7,9 @@ Cases (each: the eager reference, torch.compile(reference) and ours, in that ord
 copy (device-to-device, the bandwidth ceiling), le_curve forward at 4K and forward+backward at
 8x3x512x512, SmoothLoss forward+backward at 1080p, the pooled Zero-DCE losses (L_spa + L_color +
 L_exp, as the original calls them) forward+backward at 8x3x256x256, one Zero-DCE training step at
-8x3x256x256 and one SCI training step (3 stages) at 1x3x400x600, Zero-DCE enhance at 1080p.
+8x3x256x256 and one SCI training step (3 stages) at 1x3x400x600, Zero-DCE enhance at 1080p; then frames
+from host memory through ``Enhancer`` (Zero-DCE++ at 1080p, Zero-DCE at 4K): the model alone, with the
+copies in line, and overlapped by ``Enhancer.stream`` (float32, float16), for frames/s and the copies' share.
 
 Timing: CUDA events around each call after warm-up, the median of the repeats (on the CPU,
 perf_counter). "bytes": the fewest bytes the op must move (inputs read once, outputs written once),
@@ -204,6 +206,41 @@ def cases(device: str, tiny: bool, compile_backend: str) -> list[Case]:
         return step
 
     out.append(Case(f"Zero-DCE enhance {b}x3x{h}x{w}", make_enhance))
+
+    # frames from host memory through lowlight_fast.enhance.Enhancer, back to host memory (the video
+    # path): "model" = the model alone on frames already on the device; "call" = Enhancer(x) batch after
+    # batch (copies in line); "stream" / "stream fp16" = Enhancer.stream (copies overlapped). frames/s =
+    # frames / median; the copies' share of "call" = 1 - model / call.
+    from lowlight_fast.enhance import Enhancer
+    from lowlight_fast.models.zerodcepp import ZeroDCEPlusPlus
+
+    def frames_case(label, make_model, full_shape, tiny_shape):
+        count, fb, fh, fw = tiny_shape if tiny else full_shape
+        frames = [rand(fb, 3, fh, fw, hi=0.4).cpu() for _ in range(count)]
+
+        def make_frames(impl):
+            torch.manual_seed(0)
+            enhancer = Enhancer(make_model(), device=dev, half=impl == "stream fp16")
+            if impl == "model":
+                on_device = [f.to(dev) for f in frames]
+
+                def step():
+                    with torch.inference_mode():
+                        return [enhancer.model.enhance_image(f) for f in on_device]
+            elif impl == "call":
+                def step():
+                    return [enhancer(f) for f in frames]
+            else:
+                def step():
+                    return list(enhancer.stream(iter(frames)))
+            return step
+
+        return Case(f"{label} frames from host, {count} batches of {fb}x3x{fh}x{fw}", make_frames,
+                    impls=("model", "call", "stream", "stream fp16"))
+
+    out.append(frames_case("Zero-DCE++ (scale factor 12)", lambda: ZeroDCEPlusPlus(scale_factor=12),
+                           (8, 4, 1080, 1920), (2, 2, 48, 64)))
+    out.append(frames_case("Zero-DCE", ZeroDCE, (4, 1, 2160, 3840), (2, 1, 36, 64)))
     return out
 
 
@@ -308,7 +345,7 @@ def main(argv=None) -> int:
                 record({**row, "skipped": "budget"})
                 continue
             try:
-                with use_backend("auto" if impl == "ours" else "reference"):
+                with use_backend("reference" if impl in ("eager", "compiled") else "auto"):
                     fn = case.make(impl)
                     if cuda:
                         torch.cuda.synchronize()
