@@ -13,9 +13,10 @@ autograd over the plain trunk (``_common.dce_trunk``), and the same values and g
   gradient in place and frees that output, then the layer's skip part; a gradient that several
   layers contribute to is added into in place. Every convolution's backward runs over pieces of
   about ``CHUNK_PIXELS`` pixels (whole images, or bands of rows of a large one): oneDNN reorders its
-  operands into a blocked layout, and those copies then take a piece's size, not the image's. At its
-  peak the backward holds two activations fewer than the forward made, four gradient-sized maps and
-  the gradient of r. Recomputing a4 (read only by layer 5) was considered: it lowers the layers 7-6
+  operands into a blocked layout, and those copies then take a piece's size, not the image's (glibc
+  keeps such freed temporaries in its heap: they are given back after each convolution). At its
+  peak the backward holds six 32-channel maps (activations and gradients together) besides the
+  gradient of r. Recomputing a4 (read only by layer 5) was considered: it lowers the layers 7-6
   part of the backward but not layer 5's, where the four gradient maps and a4 itself are live anyway.
 - :class:`DepthwiseSeparableTrunk` (Zero-DCE++): the same order and the same recomputed a1 for
   depthwise + pointwise layers; the depthwise outputs are not kept either but recomputed in the
