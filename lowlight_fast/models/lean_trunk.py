@@ -5,14 +5,23 @@ autograd over the plain trunk (``_common.dce_trunk``), and the same values and g
   convolutions over its parts with the weight split along the input channels. The split is a slice of
   the parameter at run time (``e_conv5.weight[:, :32]``), so parameter names and shapes stay those of
   the original checkpoints.
-- :class:`ZeroDCETrunk` (Zero-DCE): one autograd node for the seven convolutions, the ReLUs and tanh.
-  It keeps for backward only the image, the six ReLU outputs (each is the input of a later convolution,
-  and its sign is the ReLU's mask) and the tanh output r (which the curve and L_TV hold anyway); the
-  backward frees each activation as soon as it is used, applies the ReLU masks in place and computes
-  each convolution's input and weight gradients in one call.
-- :class:`DepthwiseSeparableTrunk` (Zero-DCE++): the same for depthwise + pointwise layers; the
-  depthwise outputs are not kept but recomputed in the backward (a depthwise 3x3 convolution costs 9
-  multiply-adds per value, the pointwise one 32 or 64).
+- :class:`ZeroDCETrunk` (Zero-DCE): one autograd node for the seven convolutions and the ReLUs (tanh
+  follows it). It keeps for backward the image and five ReLU outputs, a2..a6 (each is the input of a
+  later convolution, and its sign is the ReLU's mask); a1 is recomputed from the image when layer 2's
+  backward needs it (a 3-channel convolution: a tenth of a 32-channel one), so it is not held through
+  the backward. The backward runs each layer's direct part first, then masks the previous output's
+  gradient in place and frees that output, then the layer's skip part; a gradient that several
+  layers contribute to is added into in place. Every convolution's backward runs over pieces of
+  about ``CHUNK_PIXELS`` pixels (whole images, or bands of rows of a large one): oneDNN reorders its
+  operands into a blocked layout, and those copies then take a piece's size, not the image's (glibc
+  keeps such freed temporaries in its heap: they are given back after each convolution). At its
+  peak the backward holds six 32-channel maps (activations and gradients together) besides the
+  gradient of r. Recomputing a4 (read only by layer 5) was considered: it lowers the layers 7-6
+  part of the backward but not layer 5's, where the four gradient maps and a4 itself are live anyway.
+- :class:`DepthwiseSeparableTrunk` (Zero-DCE++): the same order and the same recomputed a1 for
+  depthwise + pointwise layers; the depthwise outputs are not kept either but recomputed in the
+  backward (a depthwise 3x3 convolution costs 9 multiply-adds per value, the pointwise one 32 or 64).
+  Its convolutions' backward runs whole (its peak is below Zero-DCE's).
 
 Used by the models' ``forward`` when ``fused=True`` and gradients are recorded; ``fused=False`` keeps
 the plain trunk, the reference these are tested against. Under autocast or torch.compile the models
@@ -20,6 +29,10 @@ use :func:`split_trunk` (autograd over the split convolutions: no concatenations
 and the compiler's own memory planning apply).
 """
 from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +43,31 @@ _relu_backward_ = torch.ops.aten.threshold_backward.grad_input  # out= the gradi
 
 # (layer, the earlier layers whose outputs it reads; 0 = the image). Layers 5-7 read two.
 _INPUTS = ((0,), (1,), (2,), (3,), (3, 4), (2, 5), (1, 6))
+
+# Every convolution of Zero-DCE's backward runs over pieces of about this many pixels (whole images
+# while they are smaller, else bands of rows); read at each call.
+CHUNK_PIXELS = 1 << 16
+
+
+def _load_malloc_trim():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_malloc_trim = _load_malloc_trim()
+_TRIM_BYTES = 1 << 20  # pieces of a map this big or bigger: their temporaries are worth giving back
+
+
+def _give_back_freed_heap() -> None:
+    """Return the freed memory in glibc's heap to the system. The pieces' temporaries are smaller than
+    glibc's mmap threshold, so they come from its heap, where pieces of slightly different sizes
+    leave holes that the next ones cannot reuse and that glibc does not give back by itself."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 def _split(weight: torch.Tensor, parts: int) -> list[torch.Tensor]:
@@ -60,48 +98,113 @@ def _conv(inputs, weight, bias):
     return y
 
 
-def _backward(acts, grad_out, needs, n_params, part_backward):
-    """The trunk's backward, shared by both models. acts: [x, x1..x6] (freed here as they are used);
-    grad_out: the gradient of layer 7's output; needs: ctx.needs_input_grad; part_backward(k, j, g, a,
-    need_in) -> (grad of the part's input or None, {parameter index: (grad, cat dim or None)}) for
-    part j of layer k (0-based) with output gradient g. Returns the gradients of (x, *params).
+def _pieces(batch: int, height: int, width: int) -> list[tuple[int, int, int, int]]:
+    """(b0, b1, r0, r1): images b0..b1-1, rows r0..r1-1; about CHUNK_PIXELS pixels each."""
+    if height * width <= CHUNK_PIXELS:
+        n = max(1, CHUNK_PIXELS // (height * width))
+        return [(b, min(b + n, batch), 0, height) for b in range(0, batch, n)]
+    n = -(-height * width // CHUNK_PIXELS)  # bands per image, of equal height but for the last
+    rows = -(-height // n)
+    return [(b, b + 1, r, min(r + rows, height)) for b in range(batch) for r in range(0, height, rows)]
 
-    Order, for the least memory at once: each layer's parts from the last (the previous layer's output)
-    to the first; an activation is masked into its layer's output gradient, and freed, as soon as its
-    last consumer is done. The skip part of layer 7 (reading x1) waits until x1's gradient is needed:
-    its output gradient is held by the autograd engine until this backward returns anyway, while the
-    x1 gradient it makes would be held through the whole backward."""
+
+def _conv3x3_backward(g, a, w, need_in, need_w, need_b, acc=None):
+    """The backward of conv2d(a, w, b, padding=1) for the output gradient g, piece by piece (oneDNN's
+    reorders of g and a then take a piece's size, not the image's): (input gradient, added into ``acc``
+    when given, weight gradient, bias gradient), each None where not needed.
+
+    A piece (rows r0..r1-1 of g) adds its input gradient to rows r0-1..r1 (the transposed convolution
+    of the piece); its weight and bias gradients read a's rows r0-1..r1 (zero rows beyond the image)."""
+    height = a.shape[2]
+    pieces = _pieces(a.shape[0], height, a.shape[3])
+    bias_sizes = [w.shape[0]] if need_b else None
+    if len(pieces) == 1:
+        gin, gw, gb = _conv_backward(g, a, w, bias_sizes, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                                     [need_in, need_w, need_b])
+        if acc is not None and gin is not None:
+            gin = acc.add_(gin)
+        return gin, gw, gb
+    gin = (acc if acc is not None else torch.zeros_like(a)) if need_in else None
+    # the sums exist before the pieces' temporaries (a small block left between them would keep
+    # the allocator from reusing their memory)
+    gw = torch.zeros_like(w) if need_w else None
+    gb = w.new_zeros(w.shape[0]) if need_b else None
+    for b0, b1, r0, r1 in pieces:
+        s0, s1 = max(r0 - 1, 0), min(r1 + 1, height)
+        top, bottom = int(r0 == 0), int(r1 == height)
+        whole = top and bottom  # whole images: the convolution's own zero padding
+        gp = g[b0:b1] if whole else g[b0:b1, :, r0:r1]
+        if need_in:
+            part = F.conv_transpose2d(gp, w, None, 1, 1 if whole else (0, 1))
+            gin[b0:b1, :, s0:s1].add_(part if whole else part[:, :, top: part.shape[2] - bottom])
+            del part
+        if need_w or need_b:
+            ap = a[b0:b1, :, s0:s1]
+            if not whole and (top or bottom):
+                ap = F.pad(ap, (0, 0, top, bottom))
+            _, dw, db = _conv_backward(gp, ap, w, bias_sizes, [1, 1], [1, 1] if whole else [0, 1], [1, 1],
+                                       False, [0, 0], 1, [False, need_w, need_b])
+            if need_w:
+                gw.add_(dw)
+            if need_b:
+                gb.add_(db)
+            del dw, db
+    if a.numel() * a.element_size() >= _TRIM_BYTES * len(pieces):
+        _give_back_freed_heap()
+    return gin, gw, gb
+
+
+def _take_acts(ctx) -> list:
+    """The activations the forward kept, for the backward to free one by one; left on ctx as well when
+    the graph is kept (``retain_graph=True``: a later backward needs them again)."""
+    acts = ctx.acts
+    if not torch._C._autograd._get_current_graph_task_keep_graph():
+        del ctx.acts
+    return list(acts)
+
+
+def _backward(acts, grad_out, needs, n_params, part_backward, recompute):
+    """The trunk's backward, shared by both models. acts: [x, a1..a6], None where the forward did not
+    keep one (``recompute(i)`` makes a_i again); freed here as they are used. grad_out: the gradient
+    of layer 7's output; needs: ctx.needs_input_grad; part_backward(k, j, g, a, need_in, acc) -> (grad
+    of the part's input, added into acc when acc is not None, or None; {parameter index: (grad, cat dim
+    or None)}) for part j of layer k (0-based) with output gradient g. Returns the gradients of
+    (x, *params).
+
+    Order, for the least memory at once: each layer's direct part first (it reads the previous layer's
+    output a_k, whose other readers, the skips, are done by then); a_k's gradient is then complete, is
+    masked by a_k in place into the next layer's output gradient, and a_k is freed; then the layer's
+    skip part. The skip part of layer 7 (reading a1) waits until layer 2's: its output gradient is held
+    by the autograd engine until this backward returns anyway, while the a1 gradient it makes would be
+    held through the whole backward, and a1 (recomputed) is needed only then."""
     per = n_params // 7
     grad_act = [None] * 7
     pieces: dict[int, list] = {}
-    deferred = {}
 
     def run(k, j, g):
         i = _INPUTS[k][j]
+        if acts[i] is None:
+            acts[i] = recompute(i)
         need_in = i > 0 or needs[0]
-        gin, pgrads = part_backward(k, j, g, acts[i], need_in)
+        grad_act[i], pgrads = part_backward(k, j, g, acts[i], need_in, grad_act[i])
         for idx, (grad, dim) in pgrads.items():
             pieces.setdefault(idx, []).append((j, grad, dim))
-        if gin is not None:
-            grad_act[i] = gin if grad_act[i] is None else grad_act[i].add_(gin)
 
     g = grad_out
     for k in range(6, -1, -1):
         src = _INPUTS[k]
-        for j in range(len(src) - 1, -1, -1):
-            if k == 6 and j < len(src) - 1:
-                deferred[src[j]] = (k, j)
-                continue
-            run(k, j, g)
-        g = None
-        if k in deferred:
-            kk, jj = deferred.pop(k)
-            run(kk, jj, grad_out)
-        if k == 0:
-            break
-        g = _relu_mask_(grad_act[k], acts[k])
-        grad_act[k] = None
-        acts[k] = None  # its last consumer is done
+        run(k, len(src) - 1, g)  # the direct part: src[-1] == k
+        if k == 1:
+            run(6, 0, grad_out)  # layer 7's skip part
+        g_next = None
+        if k > 0:
+            g_next = _relu_mask_(grad_act[k], acts[k])
+            grad_act[k] = None
+            acts[k] = None  # its last reader is done
+        if k < 6:
+            for j in range(len(src) - 2, -1, -1):
+                run(k, j, g)
+        g = g_next
     grads = [grad_act[0]] + [None] * n_params
     for idx, ps in pieces.items():
         ps.sort(key=lambda p: p[0])
@@ -124,24 +227,24 @@ class ZeroDCETrunk(torch.autograd.Function):
             acts.append(y.relu_() if k < 6 else y)
         out = acts.pop()
         ctx.save_for_backward(x, *params)
-        ctx.acts = acts[1:]  # intermediates (neither inputs nor outputs): freed one by one in backward
+        # intermediates (neither inputs nor outputs), freed one by one in backward; a1 is not kept
+        # (its 3-channel convolution is cheap to redo, and the backward needs it only at the end)
+        ctx.acts = [None] + acts[2:]
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
         x, *params = ctx.saved_tensors
-        acts = [x] + ctx.acts
-        del ctx.acts
+        acts = [x] + _take_acts(ctx)
         needs = ctx.needs_input_grad
 
-        def part_backward(k, j, g, a, need_in):
+        def part_backward(k, j, g, a, need_in, acc):
             n = len(_INPUTS[k])
             w = _split(params[2 * k], n)[j]
             need_w = needs[1 + 2 * k]
-            need_b = j == n - 1 and needs[2 + 2 * k]  # the bias once, with the part done first
-            gin, gw, gb = _conv_backward(g, a, w, [w.shape[0]] if need_b else None,
-                                         [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [need_in, need_w, need_b])
+            need_b = j == n - 1 and needs[2 + 2 * k]  # the bias once, with the direct part
+            gin, gw, gb = _conv3x3_backward(g, a, w, need_in, need_w, need_b, acc)
             out = {}
             if need_w:
                 out[2 * k] = (gw, 1)
@@ -149,7 +252,11 @@ class ZeroDCETrunk(torch.autograd.Function):
                 out[2 * k + 1] = (gb, None)
             return gin, out
 
-        return _backward(acts, grad_out, needs, len(params), part_backward)
+        def recompute(i):
+            assert i == 1
+            return _conv([x], params[0], params[1]).relu_()
+
+        return _backward(acts, grad_out, needs, len(params), part_backward, recompute)
 
 
 # ---- Zero-DCE++: depthwise 3x3 + pointwise 1x1 ---------------------------------------------------
@@ -183,18 +290,17 @@ class DepthwiseSeparableTrunk(torch.autograd.Function):
             acts.append(y.relu_() if k < 6 else y)
         out = acts.pop()
         ctx.save_for_backward(x, *params)
-        ctx.acts = acts[1:]
+        ctx.acts = [None] + acts[2:]  # as ZeroDCETrunk: a1 is recomputed
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
         x, *params = ctx.saved_tensors
-        acts = [x] + ctx.acts
-        del ctx.acts
+        acts = [x] + _take_acts(ctx)
         needs = ctx.needs_input_grad
 
-        def part_backward(k, j, g, a, need_in):
+        def part_backward(k, j, g, a, need_in, acc):
             n = len(_INPUTS[k])
             wd, bd, wp = params[4 * k].chunk(n, 0)[j], params[4 * k + 1].chunk(n, 0)[j], _split(params[4 * k + 2], n)[j]
             nwd, nbd, nwp = needs[1 + 4 * k: 4 + 4 * k]
@@ -205,13 +311,19 @@ class DepthwiseSeparableTrunk(torch.autograd.Function):
             del d
             gin, gwd, gbd = _conv_backward(gd, a, wd, [wd.shape[0]] if nbd else None,
                                            [1, 1], [1, 1], [1, 1], False, [0, 0], a.shape[1], [need_in, nwd, nbd])
+            if acc is not None and gin is not None:
+                gin = acc.add_(gin)
             out = {}
             for idx, grad, need, dim in ((0, gwd, nwd, 0), (1, gbd, nbd, 0), (2, gwp, nwp, 1), (3, gbp, nbp, None)):
                 if need:
                     out[4 * k + idx] = (grad, dim)
             return gin, out
 
-        return _backward(acts, grad_out, needs, len(params), part_backward)
+        def recompute(i):
+            assert i == 1
+            return _separable([x], *params[0:4]).relu_()
+
+        return _backward(acts, grad_out, needs, len(params), part_backward, recompute)
 
 
 # ---- entry points for the models -----------------------------------------------------------------

@@ -23,7 +23,7 @@ class ZeroDCE(EnhancementModel):
 
     ``fused=True`` applies the 8 curve steps with the fused op (one pass, recomputing backward) and,
     when gradients are recorded, runs the trunk as one lean autograd node
-    (:mod:`lowlight_fast.models.lean_trunk`: no concatenations, only the ReLU outputs kept);
+    (:mod:`lowlight_fast.models.lean_trunk`: no concatenations, five ReLU outputs kept);
     ``fused=False`` runs the plain-PyTorch reference (curve and trunk).
     """
 

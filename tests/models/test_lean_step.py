@@ -197,3 +197,121 @@ def test_sci_loss_equals_the_criterion_over_forward(stage, train):
             torch.testing.assert_close(b, c, rtol=1e-12, atol=1e-15, msg=name)
         else:
             assert torch.equal(b, c), name
+
+
+# ---- the pieces of Zero-DCE's backward (lean_trunk.CHUNK_PIXELS) and the recomputed a1 ----------
+
+_CONV_CASES = [((2, 32, 13, 9), 20), ((1, 32, 11, 7), 7), ((1, 32, 11, 7), 1), ((3, 32, 5, 6), 70)]
+
+
+@pytest.mark.parametrize("shape,chunk", _CONV_CASES, ids=["2x13x9-bands2", "1x11x7-bands1", "1x11x7-rows1",
+                                                          "3x5x6-images2"])
+@pytest.mark.parametrize("out_channels", [32, 24])
+def test_pieces_of_the_convolution_backward_equal_one_call(shape, chunk, out_channels, monkeypatch):
+    """Input (new or added into a given tensor), weight and bias gradients piece by piece: bands of rows
+    (one row each, at the image's top and bottom too) and groups of whole images."""
+    monkeypatch.setattr(lean_trunk, "CHUNK_PIXELS", chunk)
+    assert len(lean_trunk._pieces(shape[0], shape[2], shape[3])) > 1
+    g = torch.Generator().manual_seed(11)
+    a = torch.randn(shape, generator=g, dtype=torch.float64).relu_()
+    w = torch.randn(out_channels, shape[1], 3, 3, generator=g, dtype=torch.float64)
+    go = torch.randn(shape[0], out_channels, *shape[2:], generator=g, dtype=torch.float64)
+    want = torch.ops.aten.convolution_backward(go, a, w, [out_channels], [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                                               [True, True, True])
+    got = lean_trunk._conv3x3_backward(go, a, w, True, True, True)
+    for name, x, y in zip(("input", "weight", "bias"), got, want):
+        _close(x, y, 1e-12, f"{name} gradient")
+    acc = torch.randn(shape, generator=g, dtype=torch.float64)
+    start = acc.clone()
+    gin, gw, gb = lean_trunk._conv3x3_backward(go, a, w, True, False, True, acc)
+    assert gin is acc and gw is None
+    _close(gin - start, want[0], 1e-12, "input gradient added in place")
+    _close(gb, want[2], 1e-12, "bias gradient")
+    gin, gw, gb = lean_trunk._conv3x3_backward(go, a, w, False, True, False)
+    assert gin is None and gb is None
+    _close(gw, want[1], 1e-12, "weight gradient alone")
+
+
+_FROZEN = ("e_conv1.weight", "e_conv5.bias", "e_conv7.weight", "e_conv3.weight", "e_conv3.bias")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("chunk", [30, 200], ids=["bands", "images"])
+@pytest.mark.parametrize("input_grad", [True, False], ids=["x-grad", "no-x-grad"])
+def test_zerodce_pieces_and_frozen_parameters_equal_the_plain_trunk(dtype, chunk, input_grad, monkeypatch):
+    """The lean node with a small CHUNK_PIXELS (bands of a few rows, or single whole images) against the
+    plain trunk: batch 2, an odd size, some parameters frozen, with and without an input gradient."""
+    monkeypatch.setattr(lean_trunk, "CHUNK_PIXELS", chunk)
+    shape = (2, 3, 13, 11)
+    assert len(lean_trunk._pieces(shape[0], shape[2], shape[3])) > 1
+    ref, lean = _pair(lambda fused: ZeroDCE(fused=fused), dtype, 8)
+    for m in (ref, lean):
+        for name, p in m.named_parameters():
+            p.requires_grad_(name not in _FROZEN)
+    g = torch.Generator().manual_seed(9)
+    x = torch.rand(shape, generator=g, dtype=dtype)
+    proj = torch.randn(2, 24, 13, 11, generator=g, dtype=dtype)
+    results = []
+    for trunk in (lambda m, x: dce_trunk(m, x), lambda m, x: lean_trunk.ZeroDCETrunk.apply(
+            x, *lean_trunk._layer_params(m, False))):
+        m = ref if not results else lean
+        xi = x.clone().requires_grad_(input_grad)
+        out = trunk(m, xi)
+        (out * proj).sum().backward()
+        results.append((out.detach(), xi.grad, {n: p.grad for n, p in m.named_parameters()}))
+    (out_r, gx_r, gp_r), (out_l, gx_l, gp_l) = results
+    rel = TOL[dtype]
+    _close(out_l, out_r, rel, "trunk output")
+    if input_grad:
+        _close(gx_l, gx_r, rel, "input gradient")
+    else:
+        assert gx_l is None and gx_r is None
+    for name in gp_r:
+        if name in _FROZEN:
+            assert gp_l[name] is None and gp_r[name] is None, name
+        else:
+            _close(gp_l[name], gp_r[name], rel, f"gradient of {name}")
+
+
+def test_zerodce_node_gradcheck_with_pieces(monkeypatch):
+    """float64 gradcheck of the lean node (input and parameters) with the backward in bands of 2 rows."""
+    monkeypatch.setattr(lean_trunk, "CHUNK_PIXELS", 10)
+    torch.manual_seed(10)
+    m = ZeroDCE().double()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 1.0 / p[0].numel() ** 0.5 if p.dim() > 1 else 0.1)
+    params = [p.detach().clone().requires_grad_(True) for p in lean_trunk._layer_params(m, False)]
+    x = torch.rand(1, 3, 6, 5, dtype=torch.float64, requires_grad=True)
+    assert len(lean_trunk._pieces(1, 6, 5)) == 3
+    # fast mode (random projections): 79,416 parameters make the full Jacobian too slow; the weight
+    # gradients elementwise: the tests above
+    assert torch.autograd.gradcheck(lambda *t: lean_trunk.ZeroDCETrunk.apply(*t), (x, *params), fast_mode=True)
+
+
+@pytest.mark.parametrize("make,n_params", [(lambda: ZeroDCE(), 14), (lambda: ZeroDCEPlusPlus(scale_factor=1), 28)],
+                         ids=["zerodce", "zerodcepp"])
+def test_the_forward_keeps_a2_to_a6_only(make, n_params):
+    """a1 is not held from the forward to the backward (it is recomputed there)."""
+    m = make()
+    x = torch.rand(1, 3, 8, 8)
+    node = (lean_trunk.ZeroDCETrunk if n_params == 14 else lean_trunk.DepthwiseSeparableTrunk).apply(
+        x, *lean_trunk._layer_params(m, n_params == 28))
+    acts = node.grad_fn.acts
+    assert acts[0] is None and all(a is not None and a.shape[1] == 32 for a in acts[1:]) and len(acts) == 6
+    node.sum().backward()
+    assert all(p.grad is not None for p in m.parameters())
+
+
+@pytest.mark.parametrize("make", [lambda: ZeroDCE(), lambda: ZeroDCEPlusPlus(scale_factor=1)],
+                         ids=["zerodce", "zerodcepp"])
+def test_a_retained_graph_gives_the_same_gradients_twice(make, monkeypatch):
+    monkeypatch.setattr(lean_trunk, "CHUNK_PIXELS", 40)
+    torch.manual_seed(12)
+    m = make().double()
+    x = torch.rand(2, 3, 9, 10, dtype=torch.float64)
+    loss = sum((o * o).sum() for o in m(x))
+    first = torch.autograd.grad(loss, list(m.parameters()), retain_graph=True)
+    second = torch.autograd.grad(loss, list(m.parameters()))
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
