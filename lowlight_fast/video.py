@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import os
 import queue
+import sys
 import threading
 from dataclasses import dataclass
 from fractions import Fraction
@@ -38,6 +39,7 @@ VIDEO_EXTENSIONS = frozenset({
 BATCH = 4  # frames per model call (fewer when a batch would not fit in memory)
 FALLBACK_CODEC = "libx264"
 _QUEUE = 2  # batches waiting between two stages
+SWITCH_INTERVAL = float(os.environ.get("LOWLIGHT_FAST_SWITCH_INTERVAL", "0.0005"))  # seconds, see _transcode
 
 
 class VideoError(ValueError):
@@ -450,6 +452,11 @@ def _transcode(av, inp, vin, ain, out, model, enhancer, options: VideoOptions, s
 
     threads = [threading.Thread(target=decode, name="lowlight-fast-video-read", daemon=True),
                threading.Thread(target=encode, name="lowlight-fast-video-write", daemon=True)]
+    # PyAV takes the GIL back between its codec calls many times a frame; with three busy threads the
+    # interpreter's default switch interval (5 ms) makes each such wait last up to that long
+    # (benchmarks/RESULTS.md, "video"): a short interval while the stages run.
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(min(switch, SWITCH_INTERVAL))
     for t in threads:
         t.start()
     # Batches in flight (an Enhancer's stream keeps one on the GPU while the next is copied): their
@@ -489,6 +496,7 @@ def _transcode(av, inp, vin, ain, out, model, enhancer, options: VideoOptions, s
     finally:
         for t in threads:  # a stage that failed stopped the others at their next queue operation
             t.join()
+        sys.setswitchinterval(switch)
     if pipe.error is not None:
         raise pipe.error
     return written[0]

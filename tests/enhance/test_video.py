@@ -3,6 +3,7 @@ timestamps and audio kept; the frames are the enhancer's; a corrupt video is nam
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from fractions import Fraction
 
@@ -15,7 +16,7 @@ av = pytest.importorskip("av")
 
 from lowlight_fast import io  # noqa: E402
 from lowlight_fast.enhance import Enhancer, OutputClaims  # noqa: E402
-from lowlight_fast.video import TemporalSmoothing, VideoOptions, enhance_video, enhance_videos  # noqa: E402
+from lowlight_fast.video import SWITCH_INTERVAL, TemporalSmoothing, VideoOptions, enhance_video, enhance_videos  # noqa: E402
 from tests.enhance.conftest import random_model  # noqa: E402
 
 RATE = Fraction(30000, 1001)
@@ -60,8 +61,14 @@ def zdpp():
 
 def test_h264_round_trip_keeps_frames_size_rate_timestamps_and_audio(tmp_path, zdpp):
     make_clip(tmp_path / "clip.mp4")
-    frames = []
-    n = enhance_video(tmp_path / "clip.mp4", tmp_path / "out.mp4", zdpp, on_frames=frames.append)
+    frames, intervals = [], []
+    switch = sys.getswitchinterval()
+
+    def seen(k):  # called from the model's thread while the stages run
+        frames.append(k)
+        intervals.append(sys.getswitchinterval())
+    n = enhance_video(tmp_path / "clip.mp4", tmp_path / "out.mp4", zdpp, on_frames=seen)
+    assert max(intervals) <= min(switch, SWITCH_INTERVAL) and sys.getswitchinterval() == switch  # restored
     (codec, w, h, rate), times, rgb, audio = probe(tmp_path / "clip.mp4")
     (codec2, w2, h2, rate2), times2, rgb2, audio2 = probe(tmp_path / "out.mp4")
     assert n == 10 and sum(frames) == 10 and len(times2) == 10
