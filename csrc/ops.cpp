@@ -53,6 +53,10 @@ TORCH_LIBRARY(lowlight_fast, m) {
   m.def("quantize_hwc(Tensor x, int bits) -> Tensor");
   // q (B,H,W,C) uint8/uint16 -> (B,C,H,W) float32 q / 255 (or 65535), as the image readers compute it
   m.def("dequantize_hwc(Tensor q) -> Tensor");
+  // --- deflate_fast (PNG output, level 1) ---
+  // data 1-D uint8 -> raw DEFLATE bytes: Huffman codes per block and runs of one byte, nothing else;
+  // last=False ends on a byte boundary (an empty stored block, as Z_SYNC_FLUSH) so pieces concatenate
+  m.def("deflate_fast(Tensor data, bool last) -> Tensor");
 }
 
 namespace {

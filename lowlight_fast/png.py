@@ -11,14 +11,24 @@ Pillow's PNG writer picks a filter for every row by trying four of them, then de
   no filter, which would only cost time. (benchmarks/RESULTS.md has the measurements.)
 - Deflate in parallel, as pigz does: the filtered stream is cut into chunks of :data:`CHUNK` bytes, a
   size fixed here (never derived from the number of threads, so the bytes written do not depend on it
-  or on the machine); each chunk is deflated on its own, primed with the last 32 KiB of the stream before
-  it (so matches reach across chunk boundaries and the ratio stays that of one serial deflate), and ended
-  on a byte boundary (a sync flush; the last one finishes the stream). zlib releases the GIL while it
-  deflates, so a thread pool runs the chunks side by side. Each chunk becomes one IDAT chunk; the zlib
-  header goes before the first, the Adler-32 of the whole stream (combined from the chunks') after the
-  last.
-- zlib settings as Pillow's: memLevel 9 and the ``Z_FILTERED`` strategy (which only levels 4-9 use), so a
-  level means what it means for Pillow's ``compress_level``.
+  or on the machine); each chunk is deflated on its own (at levels 2-9 primed with the last 32 KiB of
+  the stream before it, so matches reach across chunk boundaries and the ratio stays that of one serial
+  deflate) and ended on a byte boundary (a sync flush; the last one finishes the stream). zlib releases
+  the GIL while it deflates, as our level-1 coder does, so a thread pool runs the chunks side by side.
+  Each chunk becomes one IDAT chunk; the zlib header goes before the first, the Adler-32 of the whole
+  stream (combined from the chunks') after the last.
+- Level 1 (the default) is not zlib's level 1 but a coder of our own,
+  :func:`lowlight_fast.ops.deflate.deflate_fast` (csrc/cpu/deflate.cpp): per 128 KiB block, Huffman
+  codes of the block's own byte statistics and runs of one repeated byte (distance-1 matches of 8 bytes
+  or more), no other matching. Rows filtered by Sub are nearly memoryless, so the entropy coding is
+  almost all a deflate gains on photographs: these files are smaller than zlib level 1's (whose short
+  greedy matches cost more bits than the literals they replace) and about the size of level 6's,
+  written several times faster than either. Without the compiled extension, level 1 is zlib's level 1
+  with its ``Z_RLE`` strategy (the same kind of stream; other bytes, about the same size). Where repeats
+  are longer than runs of one byte (screenshots, graphics), levels 2-9 find them.
+- Levels 2-9: zlib, with Pillow's settings: memLevel 9 and the
+  ``Z_FILTERED`` strategy (which only levels 4-9 use), so a level means what it means for Pillow's
+  ``compress_level``.
 
 Only IHDR, IDAT and IEND are written (no gamma, colour profile, resolution or text), as Pillow writes
 for an array made with ``Image.fromarray``. Non-interlaced; 16-bit samples are big-endian, as PNG has them.
@@ -154,15 +164,22 @@ def _adler32_combine(adler1: int, adler2: int, len2: int) -> int:
     return (b << 16) | a
 
 
-def _deflate_chunk(stream: memoryview, start: int, end: int, level: int, first: bool, last: bool):
-    """Deflate stream[start:end] -> (IDAT body, CRC-32 of b"IDAT" + body, Adler-32 of the input piece)."""
+FAST_LEVEL = 1  # the level deflated by lowlight_fast.ops.deflate (module docstring)
+
+
+def _deflate_chunk(stream: memoryview, start: int, end: int, level: int, first: bool, last: bool, coder=None):
+    """Deflate stream[start:end] -> (IDAT body, CRC-32 of b"IDAT" + body, Adler-32 of the input piece).
+    ``coder``: level 1's (lowlight_fast.ops.deflate.coder(), chosen in the caller's thread)."""
     piece = stream[start:end]
-    if start:
-        zdict = stream[max(0, start - WINDOW):start]
-        z = zlib.compressobj(level, zlib.DEFLATED, -15, 9, zlib.Z_FILTERED, zdict)
+    if level == FAST_LEVEL:  # runs and Huffman codes: nothing reaches back, no priming
+        body = coder(piece, last)
     else:
-        z = zlib.compressobj(level, zlib.DEFLATED, -15, 9, zlib.Z_FILTERED)
-    body = z.compress(piece) + z.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+        if start:
+            zdict = stream[max(0, start - WINDOW):start]
+            z = zlib.compressobj(level, zlib.DEFLATED, -15, 9, zlib.Z_FILTERED, zdict)
+        else:
+            z = zlib.compressobj(level, zlib.DEFLATED, -15, 9, zlib.Z_FILTERED)
+        body = z.compress(piece) + z.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
     if first:
         body = _zlib_header(level) + body
     return body, zlib.crc32(body, zlib.crc32(b"IDAT")), zlib.adler32(piece)
@@ -189,9 +206,15 @@ def _pieces(a: np.ndarray, level: int = 1, threads: int | None = None) -> list[b
     starts = list(range(0, n, CHUNK))
     stream = memoryview(filtered.reshape(-1))
 
+    coder = None
+    if level == FAST_LEVEL:
+        from lowlight_fast.ops import deflate as fast  # the package's torch side, imported when first needed
+
+        coder = fast.coder()  # here: the backend setting is per thread, the pool's threads do not have it
+
     def deflate(i: int):
         end = min(n, starts[i] + CHUNK)
-        return _deflate_chunk(stream, starts[i], end, level, i == 0, i == len(starts) - 1)
+        return _deflate_chunk(stream, starts[i], end, level, i == 0, i == len(starts) - 1, coder)
 
     if threads == 1 or len(starts) == 1 and len(spans) == 1:
         for r0, r1 in spans:

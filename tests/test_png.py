@@ -159,18 +159,19 @@ def test_many_small_chunks_same_bytes_for_any_thread_count(rng, monkeypatch, lev
 
 
 def test_multi_chunk_image_at_the_real_chunk_size(rng):
-    """An image of 3 chunks of the stream: same bytes for threads 1/2/4, decodes exactly, and about as
-    small as one serial deflate of the same stream (each chunk sees the 32 KiB before it)."""
+    """An image of 3 chunks of the stream, at zlib's level 2 (level 1 matches only runs, so nothing
+    reaches back): same bytes for threads 1/2/4, decodes exactly, and about as small as one serial
+    deflate of the same stream (each chunk sees the 32 KiB before it)."""
     period = _image(rng, (8, 1000, 3), dark=False)  # 24 KB of noise, repeated: each repeat is one match
     a = np.tile(period, (125, 1, 1))  # 1000 x 1000 x 3: 3 MB of filtered stream; a chunk not primed
     # with the 32 KiB before it would have to store its first 24 KB again
     assert 2 * png.CHUNK < a.size + a.shape[0] <= 3 * png.CHUNK
-    out = {t: png.encode(a, 1, threads=t) for t in (1, 2, 4)}
+    out = {t: png.encode(a, 2, threads=t) for t in (1, 2, 4)}
     assert out[1] == out[2] == out[4]
     Image.open(pyio.BytesIO(out[1])).verify()
-    stream = _check_structure(out[1], a, 1)
+    stream = _check_structure(out[1], a, 2)
     np.testing.assert_array_equal(np.asarray(Image.open(pyio.BytesIO(out[1]))), a)
-    z = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_FILTERED)
+    z = zlib.compressobj(2, zlib.DEFLATED, 15, 9, zlib.Z_FILTERED)
     serial = len(z.compress(stream) + z.flush())
     assert len(out[1]) < serial * 1.01
 
@@ -255,3 +256,21 @@ def test_bad_arguments_are_refused():
     for threads in (0, -2, 1.5, True):
         with pytest.raises(ValueError, match="threads"):
             png.encode(a, threads=threads)
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+def test_level_1_is_our_coder_or_zlib_rle_without_it(rng, backend):
+    """Level 1: the compiled coder (runs and Huffman codes) or, under the reference backend (as without
+    the extension), zlib's Z_RLE; either decodes to the input, for any thread count."""
+    from lowlight_fast import use_backend
+    from lowlight_fast.ops import deflate
+
+    a = np.concatenate([_image(rng, (300, 700, 3)), np.zeros((300, 700, 3), np.uint8)])  # noise, then flat
+    with use_backend(backend):
+        assert deflate.compiled() == (backend == "cpp")
+        out = {t: png.encode(a, 1, threads=t) for t in (1, 2)}
+        assert out[1] == out[2]
+        stream = _check_structure(out[1], a, 1)
+        np.testing.assert_array_equal(np.asarray(Image.open(pyio.BytesIO(out[1]))), a)
+        z = zlib.compressobj(1, zlib.DEFLATED, -15, 9, zlib.Z_HUFFMAN_ONLY)
+        assert len(out[1]) < len(z.compress(stream) + z.flush())  # the flat half costs next to nothing
