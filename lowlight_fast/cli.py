@@ -292,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
         "skip (and report) images of more than N pixels, before decoding them (default 268435456, "
         "a 16384 x 16384 image: a guard against decompression bombs); 0: no limit"))
     p.add_argument("--png-compression", type=int, default=1, choices=range(10), metavar="0-9",
-                   help="zlib level of PNG results (default 1: fast; 6 is Pillow's default, a little smaller)")
+                   help=("PNG compression (default 1: our fast coder, Huffman codes and runs only; "
+                         "2-9: zlib's levels, as Pillow's compress_level; 0: stored)"))
     p.add_argument("--tile", type=int_at_least(0), default=0, metavar="N", help=(
         "process in N x N tiles (16 px overlap, same pixels as untiled); default: only when the image "
         "does not fit in memory"))

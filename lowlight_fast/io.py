@@ -275,8 +275,9 @@ def write_image(
     The format follows the extension. 16-bit output where the format is PNG and ``bits == 16``;
     8 bits otherwise. ``alpha`` (uint8/uint16, H x W) is written back where the format stores alpha,
     converted to the output's bit depth; elsewhere it is dropped with a warning (once per format).
-    ``png_compression`` is the zlib level of PNG output (default 1: 5-8% larger files than
-    Pillow's default 6 on the bundled samples, written 2-3x faster).
+    ``png_compression`` is the PNG compression level 0-9 (:mod:`lowlight_fast.png`): 1 (the default) our
+    fast coder, Huffman codes and runs only, about the size of zlib's level 6 on photographs; 2-9 zlib's
+    levels, as Pillow's ``compress_level``; 0 stored (benchmarks/RESULTS.md has time and size per level).
     """
     path = os.fspath(path)
     if isinstance(rgb, torch.Tensor):
