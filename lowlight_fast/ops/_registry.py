@@ -36,8 +36,15 @@ def register_cpp(
         return
     qualname = f"{_NAMESPACE}::{name}"
     torch.library.register_fake(qualname, fake)
-    if backward is not None:
+    if backward is not None and not has_cpp_autograd(name):
         torch.library.register_autograd(qualname, backward, setup_context=setup_context)
+
+
+def has_cpp_autograd(name: str) -> bool:
+    """Whether the extension registers the autograd of ``lowlight_fast::<name>`` in C++ (a
+    ``torch::autograd::Function`` for the Autograd key, e.g. csrc/cpu/zerodce_autograd.cpp): then the
+    Python formula given to :func:`register_cpp` is the reference it follows, not registered."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"{_NAMESPACE}::{name}", "Autograd")
 
 
 def define_triton(

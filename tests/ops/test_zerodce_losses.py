@@ -304,3 +304,71 @@ def test_pooled_losses_check_their_input():
         op(pe, pl, means, 6, 0.6)
     with pytest.raises(RuntimeError, match="channel_means must be"):
         op(pe, pl, means[:1], 4, 0.6)
+
+
+CPP_AUTOGRAD_OPS = ["zerodce_pooled", "zerodce_pooled_single", "zerodce_spatial_map", "zerodce_exposure",
+                    "zerodce_color", "zerodce_saturation"]
+
+
+def test_small_ops_have_cpp_autograd_nodes_with_the_python_formulas():
+    """The drop-in classes' ops record C++ autograd nodes (csrc/cpu/zerodce_autograd.cpp), not Python
+    ones, and their gradients are those of the Python formulas in zerodce_losses.py (called directly)."""
+    from lowlight_fast.ops import _registry
+
+    P = torch.ops.lowlight_fast
+    for name in CPP_AUTOGRAD_OPS:
+        assert _registry.has_cpp_autograd(name), name
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(2, 3, 20, 24, generator=g, dtype=torch.float64, requires_grad=True)
+    low = torch.rand(2, 3, 20, 24, generator=g, dtype=torch.float64, requires_grad=True)
+    pe, pl, means = P.zerodce_pooled(x, low)
+    outs = {
+        "pooled": (pe, pl, means),
+        "spatial": (P.zerodce_spatial_map(pe, pl),),
+        "exposure": (P.zerodce_exposure(pe, 8, 0.6),),
+        "color": (P.zerodce_color(means),),
+        "single": P.zerodce_pooled_single(x),
+        "saturation": P.zerodce_saturation(x)[:1],
+    }
+    for name, ts in outs.items():
+        assert type(ts[0].grad_fn).__name__ == "CppFunction", (name, type(ts[0].grad_fn).__name__)
+    # each node's gradients against the Python formula run on the same saved values
+    loss = outs["spatial"][0].sum() + outs["exposure"][0] + outs["color"][0].sum() + outs["saturation"][0]
+    gx, gl = torch.autograd.grad(loss, [x, low])
+    g_map, g_exp = torch.ones_like(pe), torch.ones(())
+    g_o, g_e = P.zerodce_spatial_map_backward(g_map, pe.detach(), pl.detach())
+    g_pe = g_o + P.zerodce_exposure_backward(g_exp, pe.detach(), 8, 0.6)
+    g_means = P.zerodce_color_backward(torch.ones(2, 1, 1, 1, dtype=torch.float64), means.detach())
+    want_x, want_l = P.zerodce_pooled_backward(g_pe, g_e, g_means, x.detach(), True)
+    want_x = want_x + P.zerodce_saturation_backward(torch.ones((), dtype=torch.float64), x.detach(),
+                                                    *P.zerodce_saturation(x.detach())[1:])
+    torch.testing.assert_close(gx, want_x, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(gl, want_l, rtol=1e-12, atol=1e-14)
+    # L_color alone through the single op: the means' gradient broadcast, no image-sized write needed
+    _, m1 = P.zerodce_pooled_single(x)
+    (gx1,) = torch.autograd.grad(P.zerodce_color(m1).sum(), [x])
+    gm = P.zerodce_color_backward(torch.ones(2, 1, 1, 1, dtype=torch.float64), m1.detach())
+    torch.testing.assert_close(gx1, (gm / (20 * 24)).reshape(2, 3, 1, 1).expand_as(x))
+    # the single op with both gradients
+    p1, m1 = P.zerodce_pooled_single(x)
+    (gx2,) = torch.autograd.grad(p1.sum() + m1.sum(), [x])
+    want2, _ = P.zerodce_pooled_backward(torch.ones_like(p1), torch.zeros_like(p1), torch.ones_like(m1),
+                                         x.detach(), False)
+    torch.testing.assert_close(gx2, want2)
+
+
+def test_pooled_node_backward_twice_and_low_without_grad():
+    """The pair op's node saves no tensor: two losses sharing it can each run backward (the memo's
+    case); d low is neither computed nor returned when low needs no gradient."""
+    P = torch.ops.lowlight_fast
+    x = torch.rand(1, 3, 16, 16, dtype=torch.float64, requires_grad=True)
+    low = torch.rand(1, 3, 16, 16, dtype=torch.float64)
+    pe, pl, means = P.zerodce_pooled(x, low)
+    a = P.zerodce_spatial_map(pe, pl).sum()
+    b = P.zerodce_color(means).sum()
+    (ga,) = torch.autograd.grad(a, [x])
+    (gb,) = torch.autograd.grad(b, [x])
+    (gab,) = torch.autograd.grad(P.zerodce_spatial_map(*P.zerodce_pooled(x, low)[:2]).sum()
+                                 + P.zerodce_color(P.zerodce_pooled(x, low)[2]).sum(), [x])
+    torch.testing.assert_close(ga + gb, gab)
+    assert low.grad is None
