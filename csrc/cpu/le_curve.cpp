@@ -266,15 +266,66 @@ void check_like(const char* op, const at::Tensor& t, const char* name, const at:
   }
 }
 
+// ---- r channels-last ----
+
+// The curve maps as the convolution trunk leaves them on the CPU (channels-last: a pixel's 24 values
+// adjacent). Instead of a contiguous copy of r (24 values a pixel through memory), runs of kClTile
+// pixels are transposed into plane tiles in L1 and computed by the same vectorised runs; x is NCHW
+// contiguous, the outputs NCHW as on the other path.
+constexpr int64_t kClTile = 256;  // 24 float tiles of kClTile = 24 KiB: the transposed block stays in L1
+
+void le_curve_channels_last(const at::Tensor& x, const at::Tensor& r, at::Tensor& out4, at::Tensor& out8,
+                            bool stream) {
+  constexpr int kMaps = kSteps * kChannels;
+  const int64_t B = x.size(0), HW = x.size(2) * x.size(3);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "le_curve_cpu_channels_last", [&] {
+    using IO = Tile<scalar_t>;
+    using T = typename IO::T;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* rp = r.const_data_ptr<scalar_t>();
+    scalar_t* o4p = out4.mutable_data_ptr<scalar_t>();
+    scalar_t* o8p = out8.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, B * HW, kGrain / kChannels, [&](int64_t begin, int64_t end) {
+      alignas(64) T rb[kMaps][kClTile];
+      T xb[kTile], o4b[kTile], o8b[kTile];
+      for (int64_t i = begin; i < end;) {
+        const int64_t b = i / HW, p = i % HW;
+        const int64_t n = std::min({kClTile, HW - p, end - i});
+        const scalar_t* src = rp + i * kMaps;  // pixel (b, p) of the channels-last maps
+        for (int64_t j = 0; j < n; ++j) {
+          for (int m = 0; m < kMaps; ++m) rb[m][j] = static_cast<T>(src[j * kMaps + m]);
+        }
+        for (int c = 0; c < kChannels; ++c) {
+          const T* rt[kSteps];
+          for (int k = 0; k < kSteps; ++k) rt[k] = rb[k * kChannels + c];
+          const int64_t off = (b * kChannels + c) * HW + p;
+          T* o4 = IO::out(o4p + off, o4b, stream);
+          T* o8 = IO::out(o8p + off, o8b, stream);
+          run(IO::in(xp + off, xb, n), rt, o4, o8, n);
+          IO::flush(o4p + off, o4, n, stream);
+          IO::flush(o8p + off, o8, n, stream);
+        }
+        i += n;
+      }
+      stream_fence();
+    });
+  });
+}
+
 // ---- ops ----
 
 std::tuple<at::Tensor, at::Tensor> le_curve_cpu(const at::Tensor& x_in, const at::Tensor& r_in) {
   check_x("le_curve", x_in);
   check_like("le_curve", r_in, "r", x_in, kSteps * kChannels, true);
-  const at::Tensor x = x_in.contiguous(), r = r_in.contiguous();
+  const at::Tensor x = x_in.contiguous();
   at::Tensor out4 = empty_output_like(x), out8 = empty_output_like(x);
   const int64_t HW = x.size(2) * x.size(3);
   const bool stream = stream_outputs(2 * int64_t(x.nbytes()));
+  if (!r_in.is_contiguous() && r_in.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    le_curve_channels_last(x, r_in, out4, out8, stream);
+    return {out4, out8};
+  }
+  const at::Tensor r = r_in.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "le_curve_cpu", [&] {
     using IO = Tile<scalar_t>;
     using T = typename IO::T;

@@ -57,5 +57,5 @@ class ZeroDCE(EnhancementModel):
     def enhance_image(self, x: torch.Tensor) -> torch.Tensor:
         """The enhanced image (after 8 steps), without gradients (convolutions channels-last on the CPU)."""
         self._check_input(x)
-        r = torch.tanh(dce_trunk(self, inference_layout(x)))
+        r = dce_trunk(self, inference_layout(x)).tanh_()  # no_grad: conv7's output is ours
         return curve_ops(self.fused).le_curve(x, r)[1]

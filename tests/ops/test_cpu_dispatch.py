@@ -42,7 +42,8 @@ xd, rd = x.clone().requires_grad_(), r.clone().requires_grad_()
 w4, w8 = curve.le_curve(xd, rd)
 wx, wr = torch.autograd.grad((w4, w8), (xd, rd), (g4, g8))
 gx, gr = OPS.le_curve_backward(x.float(), r.float(), g4.float(), g8.float())
-errors["le_curve"] = max(err(o4, w4), err(o8, w8))
+c4, c8 = OPS.le_curve(x.float(), r.float().contiguous(memory_format=torch.channels_last))  # transposed tiles
+errors["le_curve"] = max(err(o4, w4), err(o8, w8), err(c4, w4), err(c8, w8))
 errors["le_curve_backward"] = max(err(gx, wx), err(gr, wr))
 
 a = torch.rand(2, 3, 5, 7, dtype=torch.float64) * 2 - 1

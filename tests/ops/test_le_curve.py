@@ -123,6 +123,33 @@ def test_le_curve_non_contiguous_inputs(backend, device):
         torch.testing.assert_close(got, want, **TOL[torch.float32])
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 19, 37), (1, 3, 1, 5)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_le_curve_channels_last_maps(backend, device, shape, dtype):
+    # maps as the convolution trunk leaves them on the CPU (channels-last), images in either layout
+    x, r = _inputs(shape, device, dtype)
+    rcl = r.contiguous(memory_format=torch.channels_last)
+    assert not rcl.is_contiguous()
+    tol = TOL.get(dtype, dict(rtol=1e-12, atol=1e-12))
+    want = ref.le_curve(x.double(), r.double())
+    for xin in (x, x.contiguous(memory_format=torch.channels_last)):
+        got = ops.le_curve(xin, rcl)
+        for g, w in zip(got, want):
+            assert g.dtype == dtype and g.is_contiguous()
+            torch.testing.assert_close(g.double(), w, **tol)
+
+
+@pytest.mark.parametrize("backend", ["cpp"], indirect=True)
+@pytest.mark.parametrize("shape", [(2, 3, 150, 170), (1, 3, 800, 900)])
+def test_le_curve_channels_last_maps_large(backend, device, shape):
+    # 150x170: several parallel tasks whose pixel runs start off the transposed tiles' boundaries;
+    # 800x900: outputs over cpu/simd.h's kStreamBytes, written from L1 tiles with non-temporal stores
+    x, r = _inputs(shape, device)
+    got = ops.le_curve(x, r.contiguous(memory_format=torch.channels_last))
+    for g, w in zip(got, ops.le_curve(x, r)):
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-7)
+
+
 def test_le_curve_gradcheck(backend, device):
     x, r = _inputs((2, 3, 3, 5), device, torch.float64)
     x.requires_grad_()
