@@ -12,9 +12,16 @@ machine). benchmarks/RESULTS.md records the command and the result of the whole 
   Python scalars"): every kernel that loops over a runtime bound fails. Interpreted Triton on
   Triton < 3.7 needs NumPy < 2.4 (:func:`interpreter_problem` says so; scripts/setup.sh installs it).
   Compiled kernels on GPUs are not affected.
+- Inductor's cache (torch 2.13 seen) does not key the C++ kernels it compiles for the CPU on
+  ``ATEN_CPU_CAPABILITY``: a process forced to AVX2 and one on the machine's own AVX-512 path reuse each
+  other's kernels, and the mismatch corrupts the heap ("double free or corruption", "corrupted size vs.
+  prev_size"; reproduced on an AVX-512 machine, benchmarks/RESULTS.md). A process that forces a
+  capability gets a cache directory of its own (:func:`inductor_cache_per_cpu_capability`, applied when
+  :mod:`lowlight_fast.backend` is imported).
 """
 from __future__ import annotations
 
+import os
 import re
 
 import torch
@@ -46,3 +53,20 @@ def interpreter_problem() -> str | None:
         return (f"Triton {triton.__version__}'s interpreter fails with NumPy {numpy.__version__} (it converts "
                 "one-element arrays with int(), which NumPy 2.4 refuses): install numpy<2.4, or Triton 3.7 or newer")
     return None
+
+
+def inductor_cache_per_cpu_capability() -> str | None:
+    """Where ``ATEN_CPU_CAPABILITY`` forces an instruction-set path and ``TORCHINDUCTOR_CACHE_DIR`` is not
+    set, sets the latter to Inductor's default directory suffixed with the capability, so that kernels
+    compiled for one path are never loaded by a process on another (see the module docstring). Returns
+    the directory set, or None when nothing changed. Inductor reads the variable when it first compiles."""
+    capability = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
+    if not capability or os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        return None
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:  # another layout of torch's internals: leave Inductor as it is
+        return None
+    path = f"{default_cache_dir()}_{re.sub(r'[^a-z0-9_]', '_', capability)}"
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
+    return path

@@ -25,6 +25,8 @@ import torch
 
 from lowlight_fast import _ext, _torch_compat
 
+_torch_compat.inductor_cache_per_cpu_capability()  # a forced CPU path never loads another path's kernels
+
 ENV_VAR = "LOWLIGHT_FAST_BACKEND"
 CHOICES = ("auto", "reference", "cpp", "triton")
 # per thread (and per asyncio task): a use_backend block in one thread is not seen by another

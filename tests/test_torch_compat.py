@@ -1,4 +1,6 @@
 """lowlight_fast._torch_compat: the one place that knows what each torch / Triton version supports."""
+import os
+import subprocess
 import sys
 import types
 
@@ -38,3 +40,29 @@ def test_an_explicit_triton_request_names_the_version_problem(monkeypatch):
     monkeypatch.setattr(backend, "triton_runs_on", lambda device: True)
     with backend.use_backend("triton"), pytest.raises(RuntimeError, match="le_curve: Triton 3.6.0"):
         backend.select("le_curve", torch.device("cpu"), has_triton=True)
+
+
+def test_a_forced_cpu_capability_gets_its_own_inductor_cache(monkeypatch):
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    assert _torch_compat.inductor_cache_per_cpu_capability() is None  # the machine's own path: Inductor's default
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "AVX2")
+    path = _torch_compat.inductor_cache_per_cpu_capability()
+    assert path == default_cache_dir() + "_avx2"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == path
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/elsewhere")  # the user's own choice is kept
+    assert _torch_compat.inductor_cache_per_cpu_capability() is None
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/elsewhere"
+
+
+def test_a_process_forced_to_avx2_does_not_share_the_default_inductor_cache():
+
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    env["ATEN_CPU_CAPABILITY"] = "avx2"
+    code = "import os, lowlight_fast.backend; print(os.environ['TORCHINDUCTOR_CACHE_DIR'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("_avx2")
