@@ -286,6 +286,27 @@ def _pooled_maps(b=2, h=7, w=9, seed=0):
 
 
 @needs_cpp
+@pytest.mark.parametrize("shape", [(3, 1, 37, 5), (3, 1, 200, 300)])
+def test_spatial_map_row_window_across_images_and_tasks(shape):
+    # 37 x 5: one parallel task spans all three images (the kept rows restart at each image);
+    # 3 x 200 x 300: on two threads the second task starts inside the second image. Against autograd of the float64 formula.
+    po = torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(7)).requires_grad_()
+    pe = torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(8)).requires_grad_()
+    g = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    q = torch.nn.functional.pad(po - pe, (1, 1, 1, 1))
+    c = q[:, :, 1:-1, 1:-1]
+    want = sum((c - q[:, :, 1 + dy:q.shape[2] - 1 + dy, 1 + dx:q.shape[3] - 1 + dx]) ** 2
+               for dy, dx in ((0, -1), (0, 1), (-1, 0), (1, 0)))
+    w_o, w_e = torch.autograd.grad(want, (po, pe), g)
+    lf = torch.ops.lowlight_fast
+    got = lf.zerodce_spatial_map(po.detach(), pe.detach())
+    g_o, g_e = lf.zerodce_spatial_map_backward(g, po.detach(), pe.detach())
+    torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g_o, w_o, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g_e, w_e, rtol=1e-12, atol=1e-12)
+
+
+@needs_cpp
 def test_term_ops_gradcheck_and_opcheck():
     po, pe = _pooled_maps()
     means = _image(3, 3, seed=4).requires_grad_()

@@ -19,6 +19,7 @@
 #include <cmath>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "common/checks.h"
@@ -62,6 +63,42 @@ inline void diff_row(const S* po, const S* pe, int64_t i, int64_t H4, int64_t W4
   for (int64_t j = 0; j < W4; ++j) q[j + 1] = acc_t(a[j]) - acc_t(b[j]);
 }
 
+// Row i of one image's map g into dst[1..W4] as acc_t, zeros at dst[0], dst[W4 + 1] and outside the map.
+template <typename S, typename acc_t>
+inline void padded_row(const S* g, int64_t i, int64_t H4, int64_t W4, acc_t* dst) {
+  dst[0] = dst[W4 + 1] = acc_t(0);
+  if (i < 0 || i >= H4) {
+    std::fill(dst + 1, dst + W4 + 1, acc_t(0));
+    return;
+  }
+  const S* src = g + i * W4;
+  for (int64_t j = 0; j < W4; ++j) dst[j + 1] = acc_t(src[j]);
+}
+
+// Rows i - 1, i, i + 1 of a padded map, kept across the rows of a task: moving to the next row of the
+// same image computes one new row instead of three. fill(row, dst) writes one padded row.
+template <typename acc_t>
+struct RowWindow {
+  std::vector<acc_t> buf;
+  acc_t* rows[3];
+  int64_t img = -1, centre = 0;
+  explicit RowWindow(int64_t W4) : buf(3 * (W4 + 2)) {
+    for (int k = 0; k < 3; ++k) rows[k] = buf.data() + k * (W4 + 2);
+  }
+  template <typename Fill>
+  void move_to(int64_t image, int64_t i, const Fill& fill) {
+    if (image == img && i == centre + 1) {
+      std::swap(rows[0], rows[1]);
+      std::swap(rows[1], rows[2]);
+      fill(i + 1, rows[2]);
+    } else {
+      for (int k = 0; k < 3; ++k) fill(i - 1 + k, rows[k]);
+    }
+    img = image;
+    centre = i;
+  }
+};
+
 at::Tensor zerodce_spatial_map_cpu(const at::Tensor& pooled_org, const at::Tensor& pooled_enhance) {
   check_pooled_pair("zerodce_spatial_map", pooled_org, pooled_enhance);
   const at::Tensor po = pooled_org.contiguous(), pe = pooled_enhance.contiguous();
@@ -73,13 +110,11 @@ at::Tensor zerodce_spatial_map_cpu(const at::Tensor& pooled_org, const at::Tenso
     const scalar_t* b = pe.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, B * H4, rows_grain(W4), [&](int64_t r0, int64_t r1) {
-      std::vector<acc_t> buf(3 * (W4 + 2));
-      acc_t *up = buf.data(), *c = up + W4 + 2, *dn = c + W4 + 2;
+      RowWindow<acc_t> q(W4);
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t img = r / H4, i = r % H4, off = img * H4 * W4;
-        diff_row(a + off, b + off, i - 1, H4, W4, up);
-        diff_row(a + off, b + off, i, H4, W4, c);
-        diff_row(a + off, b + off, i + 1, H4, W4, dn);
+        q.move_to(img, i, [&](int64_t row, acc_t* dst) { diff_row(a + off, b + off, row, H4, W4, dst); });
+        const acc_t *up = q.rows[0], *c = q.rows[1], *dn = q.rows[2];
         scalar_t* orow = o + r * W4;
         for (int64_t j = 1; j <= W4; ++j) {
           const acc_t v = c[j], l = v - c[j - 1], rr = v - c[j + 1], u = v - up[j], d = v - dn[j];
@@ -111,25 +146,13 @@ std::tuple<at::Tensor, at::Tensor> zerodce_spatial_map_backward_cpu(const at::Te
     scalar_t* go = g_org.mutable_data_ptr<scalar_t>();
     scalar_t* ge = g_enh.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, B * H4, rows_grain(W4), [&](int64_t r0, int64_t r1) {
-      std::vector<acc_t> buf(6 * (W4 + 2));
-      acc_t *qu = buf.data(), *qc = qu + W4 + 2, *qd = qc + W4 + 2;
-      acc_t *gu = qd + W4 + 2, *gc = gu + W4 + 2, *gd = gc + W4 + 2;
+      RowWindow<acc_t> q(W4), gw(W4);  // q = org - enhance and the incoming gradient, rows i - 1 .. i + 1
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t img = r / H4, i = r % H4, off = img * H4 * W4;
-        diff_row(a + off, b + off, i - 1, H4, W4, qu);
-        diff_row(a + off, b + off, i, H4, W4, qc);
-        diff_row(a + off, b + off, i + 1, H4, W4, qd);
-        // the gradient rows, zero outside (diff_row of (g, 0) would need a zero map: fill directly)
-        for (int k = -1; k <= 1; ++k) {
-          acc_t* dst = k < 0 ? gu : (k == 0 ? gc : gd);
-          dst[0] = dst[W4 + 1] = acc_t(0);
-          const int64_t ii = i + k;
-          if (ii < 0 || ii >= H4) {
-            std::fill(dst + 1, dst + W4 + 1, acc_t(0));
-          } else {
-            for (int64_t j = 0; j < W4; ++j) dst[j + 1] = acc_t(gp[off + ii * W4 + j]);
-          }
-        }
+        q.move_to(img, i, [&](int64_t row, acc_t* dst) { diff_row(a + off, b + off, row, H4, W4, dst); });
+        gw.move_to(img, i, [&](int64_t row, acc_t* dst) { padded_row(gp + off, row, H4, W4, dst); });
+        const acc_t *qu = q.rows[0], *qc = q.rows[1], *qd = q.rows[2];
+        const acc_t *gu = gw.rows[0], *gc = gw.rows[1], *gd = gw.rows[2];
         scalar_t* o1 = go + r * W4;
         scalar_t* o2 = ge + r * W4;
         for (int64_t j = 1; j <= W4; ++j) {
