@@ -23,13 +23,16 @@ MIN_WINDOW_AREA = 128 * 128  # windows at least this large (pixels): see _tile_s
 
 def _window(c0: int, c1: int, length: int, size: int, margin: int) -> tuple[int, int]:
     """The input window of the core [c0, c1) along one axis: the core plus ``margin`` on each side,
-    widened inside the image to the common ``size`` (edge tiles included)."""
+    widened inside the image to the common ``size`` (edge tiles included), its start rounded down to
+    an even index."""
     a = max(0, c0 - margin)
     b = min(length, c1 + margin)
     if b - a < size:
         a = max(0, min(a, b - size))
         b = min(length, a + size)
-    return a, b
+    # an even start: the 2x2 output tiles of the Winograd convolutions (ops/conv3x3.py) then cover the
+    # same pixels in the window as in the whole image, and round them alike (one pixel wider at most)
+    return a - a % 2, b
 
 
 def _tile_sizes(h: int, w: int, tile: int, margin: int) -> tuple[int, int]:

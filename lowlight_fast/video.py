@@ -179,14 +179,14 @@ class TemporalSmoothing:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         from lowlight_fast import _validate
-        from lowlight_fast.models._common import curve_ops, dce_trunk, inference_layout
+        from lowlight_fast.models._common import curve_ops, inference_layout
 
         _validate.check_image(x, "x", channels=3)
         model = self.enhancer.model
         with torch.inference_mode():
             x = x.to(self.enhancer.device, non_blocking=True)
             if self.name == "zerodce":
-                r = self._average(torch.tanh(dce_trunk(model, inference_layout(x))))
+                r = self._average(model.inference_curve_maps(x))
                 y = curve_ops(model.fused).le_curve(x, r)[1]
             elif self.name == "zerodcepp":
                 a, grid = model.inference_map(x)

@@ -91,6 +91,28 @@ def inference_layout(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
+def dce_trunk_winograd(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """:func:`dce_trunk` for inference without gradients, on the CPU: layers 2-7 (32 and 64 input
+    channels) by :func:`lowlight_fast.ops.conv3x3.conv3x3` (Winograd F(2x2, 3x3); the skip layers'
+    concatenations read in place; ReLU applied as each result is written); layer 1 (3 input channels:
+    Winograd does not pay) by oneDNN, channels-last. Same values as :func:`dce_trunk` up to float32
+    rounding (benchmarks/RESULTS.md)."""
+    from lowlight_fast.ops.conv3x3 import conv3x3
+
+    def layer(conv, a, b=None, relu=True):
+        return conv3x3(a, conv.weight, conv.bias, x2=b, relu=relu)
+
+    x1 = F.relu(m.e_conv1(inference_layout(x)), inplace=True)
+    x2 = layer(m.e_conv2, x1)
+    x3 = layer(m.e_conv3, x2)
+    x4 = layer(m.e_conv4, x3)
+    x5 = layer(m.e_conv5, x3, x4)
+    del x4
+    x6 = layer(m.e_conv6, x2, x5)
+    del x2, x5
+    return layer(m.e_conv7, x1, x6, relu=False)
+
+
 def dce_trunk(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The trunk shared by Zero-DCE and Zero-DCE++: ``m.e_conv1`` .. ``m.e_conv7`` with ReLU after 1..6
     and the skips conv5(cat(x3, x4)), conv6(cat(x2, x5)), conv7(cat(x1, x6)); returns conv7's output

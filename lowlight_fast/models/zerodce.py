@@ -12,6 +12,7 @@ from lowlight_fast.models._common import (
     EnhancementModel,
     curve_ops,
     dce_trunk,
+    dce_trunk_winograd,
     inference_layout,
     init_conv_normal_,
 )
@@ -54,8 +55,16 @@ class ZeroDCE(EnhancementModel):
         return enhanced_4, enhanced_8, r
 
     @torch.no_grad()
+    def inference_curve_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """``curve_maps(x)`` without gradients, as ``enhance_image`` computes it: on the CPU (float32 or
+        float64, ``fused``) by the Winograd trunk (``dce_trunk_winograd``), else convolutions
+        channels-last on the CPU."""
+        if self.fused and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+            return dce_trunk_winograd(self, x).tanh_()
+        return dce_trunk(self, inference_layout(x)).tanh_()  # no_grad: conv7's output is ours
+
+    @torch.no_grad()
     def enhance_image(self, x: torch.Tensor) -> torch.Tensor:
-        """The enhanced image (after 8 steps), without gradients (convolutions channels-last on the CPU)."""
+        """The enhanced image (after 8 steps), without gradients (curve maps: ``inference_curve_maps``)."""
         self._check_input(x)
-        r = dce_trunk(self, inference_layout(x)).tanh_()  # no_grad: conv7's output is ours
-        return curve_ops(self.fused).le_curve(x, r)[1]
+        return curve_ops(self.fused).le_curve(x, self.inference_curve_maps(x))[1]

@@ -19,7 +19,7 @@ from lowlight_fast import _ext
 
 ROOT = Path(__file__).resolve().parents[2]
 KERNELS = {"le_curve", "le_curve_backward", "le_curve_shared", "le_curve_shared_backward", "tv_loss",
-           "smooth_loss", "zerodce_pooled", "zerodce_saturation"}
+           "smooth_loss", "zerodce_pooled", "zerodce_saturation", "conv3x3_nhwc"}
 
 _CHILD = r"""
 import json, torch
@@ -81,6 +81,13 @@ want = zerodce_losses.saturation(ed)
 loss, m3, u3 = OPS.zerodce_saturation(e.float())
 got = OPS.zerodce_saturation_backward(torch.ones(()), e.float(), m3, u3)
 errors["zerodce_saturation"] = max(err(loss, want), err(got, wg))
+
+# conv3x3_nhwc: two inputs of 16 and 5 channels (a full chunk and a tail), odd size; float32 and float64
+ca, cb = torch.randn(2, 16, 9, 13, dtype=torch.float64), torch.randn(2, 5, 9, 13, dtype=torch.float64)
+cw, cbias = torch.randn(7, 21, 3, 3, dtype=torch.float64) / 9, torch.randn(7, dtype=torch.float64)
+want = torch.nn.functional.conv2d(torch.cat([ca, cb], 1), cw, cbias, 1, 1).relu()
+errors["conv3x3_nhwc"] = max(err(OPS.conv3x3_nhwc(ca.float(), cb.float(), cw.float(), cbias.float(), True), want),
+                             err(OPS.conv3x3_nhwc(ca, cb, cw, cbias, True), want) * 1e6)
 print(json.dumps({"paths": dict(_ext._C.cpu_paths()), "capability": torch.backends.cpu.get_cpu_capability(),
                   "errors": errors}))
 """

@@ -1,0 +1,410 @@
+// conv3x3_nhwc: a 3x3 convolution (stride 1, zero padding 1) of channels-last images by Winograd's
+// minimal filtering F(2x2, 3x3), with bias, optional ReLU, and an input that may be the channel
+// concatenation of two tensors (read in place: Zero-DCE's layers 5-7 read cat(a, b)).
+//
+//   y[n, h, w, o] = relu?(bias[o] + sum_{c, i, j} x[n, h+i-1, w+j-1, c] weight[o, c, i, j])
+//
+// Each 2x2 block of outputs ("tile") reads a 4x4 patch d of every input channel. With the filter
+// transformed once, U = G g G^T (4x4 per (c, o)), the tile is Y = A^T [sum_c (B^T d B) .* U] A: the
+// 9 multiply-adds per output and (input, output) channel pair of a direct convolution become 4 (16
+// per 4 outputs), done as 16 matrix products (tiles x Cin) @ (Cin x Cout), one per position of the
+// 4x4 transformed tile (gemm_rows: register-blocked, the same arithmetic for every tile). A task takes a run of tiles along one tile row;
+// its transformed inputs V (16 x tiles x Cin) and products M (16 x tiles x Cout) are sized to stay in
+// L2, so memory traffic is the input read about twice (tile rows overlap by 2 of 4 image rows) and
+// the output written once: bytes per output pixel ~ 8 Cin + 4 Cout.
+//
+// The transforms' adds run in float32 (float64 for float64 tensors); the rounding differs from a
+// direct convolution's by a few units in the last place of the sums (tests/ops/test_conv3x3.py).
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cpu/dispatch.h"
+#include "cpu/simd.h"
+
+namespace lowlight_fast {
+namespace {
+
+using at::Tensor;
+
+// Channels transformed at once (a stack array per patch value: 16 x kCB scalars).
+constexpr int64_t kCB = 16;
+
+// The filter transform U[k = 4 i + j][c][o] = (G g[o, c] G^T)[i, j], G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1].
+template <typename T>
+Tensor transform_weight(const Tensor& weight) {
+  const int64_t cout = weight.size(0), cin = weight.size(1);
+  Tensor w = weight.contiguous();
+  Tensor u = at::empty({16, cin, cout}, weight.options());
+  const T* g = w.data_ptr<T>();
+  T* up = u.data_ptr<T>();
+  for (int64_t o = 0; o < cout; ++o) {
+    for (int64_t c = 0; c < cin; ++c) {
+      const T* k = g + (o * cin + c) * 9;
+      T t[4][3];  // G g: 4 x 3
+      for (int j = 0; j < 3; ++j) {
+        t[0][j] = k[j];
+        t[1][j] = T(0.5) * (k[j] + k[3 + j] + k[6 + j]);
+        t[2][j] = T(0.5) * (k[j] - k[3 + j] + k[6 + j]);
+        t[3][j] = k[6 + j];
+      }
+      for (int i = 0; i < 4; ++i) {
+        const T v[4] = {t[i][0], T(0.5) * (t[i][0] + t[i][1] + t[i][2]), T(0.5) * (t[i][0] - t[i][1] + t[i][2]),
+                        t[i][2]};
+        for (int j = 0; j < 4; ++j) up[((i * 4 + j) * cin + c) * cout + o] = v[j];
+      }
+    }
+  }
+  return u;
+}
+
+// One tile row's patch rows: pointers to image rows 2 ty - 1 .. 2 ty + 2 (nullptr outside the image).
+template <typename T>
+struct PatchRows {
+  const T* row[4];
+};
+
+// V[k][t][c] for c in [0, nc), nc <= kCB, of tile t whose 4x4 patch has the pixels src[i][j] (each
+// `nc` channel values; a zero buffer outside the image): B^T d B, B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0;
+// 0 1 0 -1], the columns first (per patch row), then the rows. Full chunks (nc == kCB) compile to
+// straight vector code; a shorter tail is the same loop with a variable trip count.
+template <typename T, bool kFull>
+LOWLIGHT_FAST_INLINE void input_transform(const T* const src[4][4], int64_t nc, T* vt, int64_t v_k_stride) {
+  const int64_t n = kFull ? kCB : nc;
+  T f[4][4][kCB];
+  for (int i = 0; i < 4; ++i) {
+    const T* r0 = src[i][0];
+    const T* r1 = src[i][1];
+    const T* r2 = src[i][2];
+    const T* r3 = src[i][3];
+    LOWLIGHT_FAST_SIMD
+    for (int64_t c = 0; c < n; ++c) {
+      f[i][0][c] = r0[c] - r2[c];
+      f[i][1][c] = r1[c] + r2[c];
+      f[i][2][c] = r2[c] - r1[c];
+      f[i][3][c] = r1[c] - r3[c];
+    }
+  }
+  for (int j = 0; j < 4; ++j) {
+    T* v0 = vt + (0 * 4 + j) * v_k_stride;
+    T* v1 = vt + (1 * 4 + j) * v_k_stride;
+    T* v2 = vt + (2 * 4 + j) * v_k_stride;
+    T* v3 = vt + (3 * 4 + j) * v_k_stride;
+    LOWLIGHT_FAST_SIMD
+    for (int64_t c = 0; c < n; ++c) {
+      v0[c] = f[0][j][c] - f[2][j][c];
+      v1[c] = f[1][j][c] + f[2][j][c];
+      v2[c] = f[2][j][c] - f[1][j][c];
+      v3[c] = f[1][j][c] - f[3][j][c];
+    }
+  }
+}
+
+// All channels of one source (`channels` per pixel, rows as given) for tile t, into V at vt.
+template <typename T>
+LOWLIGHT_FAST_INLINE void input_tile(const PatchRows<T>& rows, const T* zeros, int64_t x0, int64_t width,
+                                     int64_t channels, T* vt, int64_t v_k_stride) {
+  const T* px[4][4];
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 4; ++j) {
+      const int64_t x = x0 + j;
+      px[i][j] = rows.row[i] != nullptr && x >= 0 && x < width ? rows.row[i] + x * channels : zeros;
+    }
+  int64_t c0 = 0;
+  for (; c0 + kCB <= channels; c0 += kCB) {
+    const T* src[4][4];
+    for (int i = 0; i < 4; ++i)
+      for (int j = 0; j < 4; ++j) src[i][j] = px[i][j] + (px[i][j] == zeros ? 0 : c0);
+    input_transform<T, true>(src, kCB, vt + c0, v_k_stride);
+  }
+  if (c0 < channels) {
+    const T* src[4][4];
+    for (int i = 0; i < 4; ++i)
+      for (int j = 0; j < 4; ++j) src[i][j] = px[i][j] + (px[i][j] == zeros ? 0 : c0);
+    input_transform<T, false>(src, channels - c0, vt + c0, v_k_stride);
+  }
+}
+
+struct Geometry {
+  int64_t height, width, c1, c2, cout, tiles_x, tiles_y, block, blocks_x;
+  bool relu;
+};
+
+// All tiles of tasks [t0, t1) (a task: image n, tile row ty, run bx of `block` tiles).
+template <typename T>
+LOWLIGHT_FAST_INLINE void input_block(const Geometry* g, const T* x1, const T* x2, const T* zeros, int64_t n,
+                                      int64_t ty, int64_t tx0, int64_t ntiles, T* v) {
+  const int64_t cin = g->c1 + g->c2;
+  const int64_t k_stride = g->block * cin;  // V[k] holds `block` tiles of cin values
+  PatchRows<T> r1, r2;
+  for (int i = 0; i < 4; ++i) {
+    const int64_t y = 2 * ty - 1 + i;
+    const bool in = y >= 0 && y < g->height;
+    r1.row[i] = in ? x1 + ((n * g->height + y) * g->width) * g->c1 : nullptr;
+    r2.row[i] = in && x2 != nullptr ? x2 + ((n * g->height + y) * g->width) * g->c2 : nullptr;
+  }
+  for (int64_t t = 0; t < ntiles; ++t) {
+    const int64_t x0 = 2 * (tx0 + t) - 1;
+    T* vt = v + t * cin;
+    input_tile(r1, zeros, x0, g->width, g->c1, vt, k_stride);
+    if (x2 != nullptr) input_tile(r2, zeros, x0, g->width, g->c2, vt + g->c1, k_stride);
+  }
+}
+
+// Y = A^T m A (A^T = [1 1 1 0; 0 1 -1 -1]) + bias, ReLU, for the tiles of one run, into y.
+template <typename T>
+LOWLIGHT_FAST_INLINE void output_block(const Geometry* g, const T* m, const T* bias, int64_t n, int64_t ty,
+                                       int64_t tx0, int64_t ntiles, T* y) {
+  const int64_t co = g->cout;
+  const int64_t k_stride = g->block * co;
+  const int64_t y0 = 2 * ty;
+  const bool row1 = y0 + 1 < g->height;
+  T* out0 = y + ((n * g->height + y0) * g->width) * co;
+  T* out1 = row1 ? out0 + g->width * co : nullptr;
+  const bool relu = g->relu;
+  for (int64_t t = 0; t < ntiles; ++t) {
+    const T* mt = m + t * co;
+    const int64_t x = 2 * (tx0 + t);
+    const bool col1 = x + 1 < g->width;
+    T* o00 = out0 + x * co;
+    T* o01 = o00 + co;
+    T* o10 = row1 ? out1 + x * co : nullptr;
+    T* o11 = row1 ? o10 + co : nullptr;
+    for (int64_t c0 = 0; c0 < co; c0 += kCB) {
+      const int64_t nc = std::min(kCB, co - c0);
+      T s[2][4][kCB];
+      for (int j = 0; j < 4; ++j) {
+        const T* a0 = mt + (0 * 4 + j) * k_stride + c0;
+        const T* a1 = mt + (1 * 4 + j) * k_stride + c0;
+        const T* a2 = mt + (2 * 4 + j) * k_stride + c0;
+        const T* a3 = mt + (3 * 4 + j) * k_stride + c0;
+        LOWLIGHT_FAST_SIMD
+        for (int64_t c = 0; c < kCB; ++c) {
+          const T p0 = c < nc ? a0[c] : T(0), p1 = c < nc ? a1[c] : T(0);
+          const T p2 = c < nc ? a2[c] : T(0), p3 = c < nc ? a3[c] : T(0);
+          s[0][j][c] = p0 + p1 + p2;
+          s[1][j][c] = p1 - p2 - p3;
+        }
+      }
+      T* dst[2][2] = {{o00, o01}, {o10, o11}};
+      for (int a = 0; a < 2; ++a) {
+        if (a == 1 && !row1) break;
+        T* d0 = dst[a][0] + c0;
+        T* d1 = dst[a][1] + c0;
+        LOWLIGHT_FAST_SIMD
+        for (int64_t c = 0; c < nc; ++c) {
+          const T b = bias != nullptr ? bias[c0 + c] : T(0);
+          T v0 = s[a][0][c] + s[a][1][c] + s[a][2][c] + b;
+          if (relu) v0 = v0 > T(0) ? v0 : T(0);
+          d0[c] = v0;
+        }
+        if (col1) {
+          LOWLIGHT_FAST_SIMD
+          for (int64_t c = 0; c < nc; ++c) {
+            const T b = bias != nullptr ? bias[c0 + c] : T(0);
+            T v1 = s[a][1][c] - s[a][2][c] - s[a][3][c] + b;
+            if (relu) v1 = v1 > T(0) ? v1 : T(0);
+            d1[c] = v1;
+          }
+        }
+      }
+    }
+  }
+}
+
+// M = V @ U for one of the 16 positions: (ntiles x cin) @ (cin x cout), rows of kRows tiles and
+// kCB output channels held in registers. Every product is summed over c in increasing order with
+// the same instructions whatever the row's place in the run or the run's length (a tail of rows is
+// the same loop with fewer rows), so a pixel's value does not depend on how the image is split into
+// runs or tiles (tiled enhancement gives the whole image's pixels: tests/cli/test_tiling.py).
+// kW output channels per register block (16, 8, or the last few), R rows of tiles.
+template <typename T, int R, int kW>
+LOWLIGHT_FAST_INLINE void gemm_tile(const T* v, const T* u, T* m, int64_t cin, int64_t cout, int64_t o0, int64_t no) {
+  const int64_t n = kW > 0 ? kW : no;
+  constexpr int64_t kA = kW > 0 ? kW : 8;
+  T acc[R][kA];
+  for (int r = 0; r < R; ++r) {
+    LOWLIGHT_FAST_SIMD
+    for (int64_t j = 0; j < kA; ++j) acc[r][j] = T(0);
+  }
+  for (int64_t c = 0; c < cin; ++c) {
+    const T* ur = u + c * cout + o0;
+    for (int r = 0; r < R; ++r) {
+      const T a = v[r * cin + c];
+      LOWLIGHT_FAST_SIMD
+      for (int64_t j = 0; j < n; ++j) acc[r][j] += a * ur[j];
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    T* mr = m + r * cout + o0;
+    LOWLIGHT_FAST_SIMD
+    for (int64_t j = 0; j < n; ++j) mr[j] = acc[r][j];
+  }
+}
+
+template <typename T, int R>
+LOWLIGHT_FAST_INLINE void gemm_rows(const T* v, const T* u, T* m, int64_t cin, int64_t cout) {
+  int64_t o0 = 0;
+  for (; o0 + 16 <= cout; o0 += 16) gemm_tile<T, R, 16>(v, u, m, cin, cout, o0, 16);
+  for (; o0 + 8 <= cout; o0 += 8) gemm_tile<T, R, 8>(v, u, m, cin, cout, o0, 8);
+  if (o0 < cout) gemm_tile<T, R, 0>(v, u, m, cin, cout, o0, cout - o0);
+}
+
+// kRows: rows per register block; 12 x 16 floats fill 12 of AVX-512's 32 registers, 6 x 16 fill 12
+// of AVX2's 16 (the copy for each path is chosen in gemm_dispatch).
+template <typename T, int kRows>
+LOWLIGHT_FAST_INLINE void gemm_block_run(const Geometry* g, const T* v, const T* u, int64_t ntiles, T* m) {
+  const int64_t cin = g->c1 + g->c2, cout = g->cout;
+  for (int k = 0; k < 16; ++k) {
+    const T* vk = v + k * g->block * cin;
+    const T* uk = u + k * cin * cout;
+    T* mk = m + k * g->block * cout;
+    int64_t t = 0;
+    for (; t + kRows <= ntiles; t += kRows) gemm_rows<T, kRows>(vk + t * cin, uk, mk + t * cout, cin, cout);
+    for (; t < ntiles; ++t) gemm_rows<T, 1>(vk + t * cin, uk, mk + t * cout, cin, cout);
+  }
+}
+
+template <typename T>
+LOWLIGHT_FAST_INLINE void input_block_run(const Geometry* g, const T* x1, const T* x2, const T* zeros, int64_t n,
+                                          int64_t ty, int64_t tx0, int64_t ntiles, T* v) {
+  input_block(g, x1, x2, zeros, n, ty, tx0, ntiles, v);
+}
+template <typename T>
+LOWLIGHT_FAST_INLINE void output_block_run(const Geometry* g, const T* m, const T* bias, int64_t n, int64_t ty,
+                                           int64_t tx0, int64_t ntiles, T* y) {
+  output_block(g, m, bias, n, ty, tx0, ntiles, y);
+}
+
+LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", input_f32, input_block_run<float>)
+LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", output_f32, output_block_run<float>)
+#define LLF_GEMM(T, R) gemm_block_run<T, R>
+LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", gemm12_f32, LLF_GEMM(float, 12))
+LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", gemm6_f32, LLF_GEMM(float, 6))
+LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", input_f64, input_block_run<double>)
+LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", gemm6_f64, LLF_GEMM(double, 6))
+#undef LLF_GEMM
+LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", output_f64, output_block_run<double>)
+
+template <typename T>
+void input_dispatch(const Geometry* g, const T* x1, const T* x2, const T* zeros, int64_t n, int64_t ty, int64_t tx0,
+                    int64_t nt, T* v) {
+  if constexpr (std::is_same_v<T, float>)
+    input_f32(g, x1, x2, zeros, n, ty, tx0, nt, v);
+  else
+    input_f64(g, x1, x2, zeros, n, ty, tx0, nt, v);
+}
+template <typename T>
+void gemm_dispatch(const Geometry* g, const T* v, const T* u, int64_t nt, T* m) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (cpu::chosen_path() == cpu::Path::kAvx512)
+      gemm12_f32(g, v, u, nt, m);
+    else
+      gemm6_f32(g, v, u, nt, m);
+  } else {
+    gemm6_f64(g, v, u, nt, m);
+  }
+}
+template <typename T>
+void output_dispatch(const Geometry* g, const T* m, const T* b, int64_t n, int64_t ty, int64_t tx0, int64_t nt, T* y) {
+  if constexpr (std::is_same_v<T, float>)
+    output_f32(g, m, b, n, ty, tx0, nt, y);
+  else
+    output_f64(g, m, b, n, ty, tx0, nt, y);
+}
+
+// Tiles per task: V and M together about 512 KiB (a private L2 holds them with room to spare).
+int64_t block_tiles(int64_t cin, int64_t cout, int64_t element_size) {
+  const int64_t per_tile = 16 * (cin + cout) * element_size;
+  return std::clamp<int64_t>((int64_t(512) << 10) / per_tile, 8, 512);
+}
+
+void check_image(const Tensor& x, const char* name) {
+  TORCH_CHECK(x.dim() == 4, "conv3x3_nhwc: ", name, " must be (N, C, H, W), got ", x.dim(), " dimensions");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "conv3x3_nhwc: ", name, " must be float32 or float64, got ", x.scalar_type());
+}
+
+template <typename T>
+void run(const Geometry& g, const Tensor& x1, const Tensor& x2, const Tensor& u, const Tensor& bias, Tensor& y,
+         int64_t batch) {
+  const int64_t cin = g.c1 + g.c2;
+  const int64_t tasks = batch * g.tiles_y * g.blocks_x;
+  const T* x1p = x1.data_ptr<T>();
+  const T* x2p = x2.defined() ? x2.data_ptr<T>() : nullptr;
+  const T* bp = bias.defined() ? bias.data_ptr<T>() : nullptr;
+  T* yp = y.data_ptr<T>();
+  at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+    const auto opts = u.options();
+    Tensor v = at::empty({16, g.block, cin}, opts);
+    Tensor m = at::empty({16, g.block, g.cout}, opts);
+    Tensor zeros = at::zeros({std::max(g.c1, g.c2)}, opts);  // the padding's pixels
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t bx = task % g.blocks_x;
+      const int64_t ty = (task / g.blocks_x) % g.tiles_y;
+      const int64_t n = task / (g.blocks_x * g.tiles_y);
+      const int64_t tx0 = bx * g.block;
+      const int64_t nt = std::min(g.block, g.tiles_x - tx0);
+      input_dispatch<T>(&g, x1p, x2p, zeros.data_ptr<T>(), n, ty, tx0, nt, v.data_ptr<T>());
+      gemm_dispatch<T>(&g, v.data_ptr<T>(), u.data_ptr<T>(), nt, m.data_ptr<T>());
+      output_dispatch<T>(&g, m.data_ptr<T>(), bp, n, ty, tx0, nt, yp);
+    }
+  });
+}
+
+Tensor conv3x3_nhwc_cpu(const Tensor& x, const std::optional<Tensor>& x2_opt, const Tensor& weight,
+                        const std::optional<Tensor>& bias_opt, bool relu) {
+  check_image(x, "x");
+  const Tensor x2 = x2_opt.has_value() ? *x2_opt : Tensor();
+  if (x2.defined()) {
+    check_image(x2, "x2");
+    TORCH_CHECK(x2.scalar_type() == x.scalar_type(), "conv3x3_nhwc: x2 must have x's dtype ", x.scalar_type(),
+                ", got ", x2.scalar_type());
+    TORCH_CHECK(x2.size(0) == x.size(0) && x2.size(2) == x.size(2) && x2.size(3) == x.size(3),
+                "conv3x3_nhwc: x2 must have x's batch and size ", x.sizes(), " apart from channels, got ", x2.sizes());
+  }
+  const int64_t c1 = x.size(1), c2 = x2.defined() ? x2.size(1) : 0;
+  TORCH_CHECK(weight.dim() == 4 && weight.size(2) == 3 && weight.size(3) == 3 && weight.size(1) == c1 + c2,
+              "conv3x3_nhwc: weight must be (Cout, ", c1 + c2, ", 3, 3) for ", c1 + c2, " input channels, got ",
+              weight.sizes());
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), "conv3x3_nhwc: weight must have x's dtype ",
+              x.scalar_type(), ", got ", weight.scalar_type());
+  const int64_t cout = weight.size(0);
+  Tensor bias = bias_opt.has_value() ? bias_opt->contiguous() : Tensor();
+  if (bias.defined())
+    TORCH_CHECK(bias.dim() == 1 && bias.size(0) == cout && bias.scalar_type() == x.scalar_type(),
+                "conv3x3_nhwc: bias must be (", cout, ") of x's dtype, got ", bias.sizes(), " ", bias.scalar_type());
+  TORCH_CHECK(cout > 0 && c1 > 0, "conv3x3_nhwc: channels must not be empty");
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  const int64_t batch = x.size(0), height = x.size(2), width = x.size(3);
+  Tensor y = at::empty({batch, cout, height, width}, x.options().memory_format(cl));
+  if (y.numel() == 0) return y;
+  Tensor x1c = x.contiguous(cl);
+  Tensor x2c = x2.defined() ? x2.contiguous(cl) : Tensor();
+  Geometry g;
+  g.height = height;
+  g.width = width;
+  g.c1 = c1;
+  g.c2 = c2;
+  g.cout = cout;
+  g.tiles_x = (width + 1) / 2;
+  g.tiles_y = (height + 1) / 2;
+  g.block = std::min(g.tiles_x, block_tiles(c1 + c2, cout, x.element_size()));
+  g.blocks_x = (g.tiles_x + g.block - 1) / g.block;
+  g.relu = relu;
+  if (x.scalar_type() == at::kFloat) {
+    run<float>(g, x1c, x2c, transform_weight<float>(weight), bias, y, batch);
+  } else {
+    run<double>(g, x1c, x2c, transform_weight<double>(weight), bias, y, batch);
+  }
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lowlight_fast, CPU, m) { m.impl("conv3x3_nhwc", &conv3x3_nhwc_cpu); }
+
+}  // namespace lowlight_fast

@@ -1,0 +1,146 @@
+"""conv3x3: ``relu?(conv2d(cat([x, x2], 1), weight, bias, padding=1))`` for channels-last float CPU
+images by Winograd's F(2x2, 3x3) (csrc/cpu/conv3x3.cpp), for the 32- and 64-channel layers of the
+Zero-DCE trunk: fewer multiply-adds than oneDNN's direct kernels, the concatenation of the skip
+layers read in place (never copied), bias and ReLU applied as the result is written.
+One op, ``torch.ops.lowlight_fast.conv3x3_nhwc(x, x2, weight, bias, relu)``, output channels-last.
+
+Its backward: the input gradient is the same op on the (ReLU-masked) output gradient with the
+flipped, transposed weight; the weight and bias gradients are ATen's ``convolution_backward``.
+
+Backends: C++ (CPU, float32/float64); elsewhere (CUDA: cuDNN picks its own algorithms) and for the
+reference backend, ``F.conv2d`` of the concatenation. The rounding differs from a direct
+convolution's by a few units in the last place of float32 (tests/ops/test_conv3x3.py; the enhanced
+images: benchmarks/RESULTS.md).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lowlight_fast import backend
+from lowlight_fast.ops import _registry
+
+# ---- constants ----
+
+OP = "conv3x3_nhwc"
+
+# ---- checks ----
+
+
+def _check(x: torch.Tensor, x2: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"conv3x3: x must be (N, C, H, W), got shape {tuple(x.shape)}")
+    channels = x.shape[1]
+    if x2 is not None:
+        if x2.dim() != 4 or x2.shape[0] != x.shape[0] or x2.shape[2:] != x.shape[2:]:
+            raise ValueError(
+                f"conv3x3: x2 must match x {tuple(x.shape)} apart from channels, got {tuple(x2.shape)}"
+            )
+        if x2.device != x.device:
+            raise ValueError(f"conv3x3: x2 is on {x2.device}, x on {x.device}")
+        channels += x2.shape[1]
+    if weight.dim() != 4 or tuple(weight.shape[1:]) != (channels, 3, 3):
+        raise ValueError(f"conv3x3: weight must be (Cout, {channels}, 3, 3), got {tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"conv3x3: bias must be ({weight.shape[0]},), got {tuple(bias.shape)}")
+
+
+def _compiled_ok(x: torch.Tensor, x2, weight, bias) -> bool:
+    tensors = [t for t in (x, x2, weight, bias) if t is not None]
+    return (
+        x.dtype in (torch.float32, torch.float64)
+        and all(t.dtype == x.dtype and t.device == x.device for t in tensors)
+        and backend.select(OP, x.device, has_triton=False) == "cpp"
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+# ---- public function ----
+
+
+def conv3x3(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    x2: torch.Tensor | None = None,
+    relu: bool = False,
+) -> torch.Tensor:
+    """``conv2d(cat([x, x2], 1), weight, bias, stride=1, padding=1)``, then ReLU when ``relu``.
+
+    On the CPU (float32/float64) the Winograd kernel runs and the result is channels-last; elsewhere,
+    or with ``LOWLIGHT_FAST_BACKEND=reference``, ``F.conv2d`` of the concatenation.
+    """
+    _check(x, x2, weight, bias)
+    if x.device.type == "cpu" and _compiled_ok(x, x2, weight, bias):
+        return torch.ops.lowlight_fast.conv3x3_nhwc(x, x2, weight, bias, relu)
+    return reference(x, weight, bias, x2=x2, relu=relu)
+
+
+def reference(x, weight, bias=None, *, x2=None, relu=False):
+    """The plain-PyTorch version: ``F.conv2d`` of the concatenation (ReLU when asked)."""
+    y = F.conv2d(x if x2 is None else torch.cat([x, x2], 1), weight, bias, 1, 1)
+    return F.relu(y) if relu else y
+
+
+# ---- fakes ----
+
+
+def _fake(x, x2, weight, bias, relu):
+    return x.new_empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3])).contiguous(
+        memory_format=torch.channels_last
+    )
+
+
+# ---- autograd ----
+
+
+def _setup(ctx, inputs, output):
+    x, x2, weight, bias, relu = inputs
+    ctx.relu = relu
+    ctx.has_x2 = x2 is not None
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(x, x2, weight, output if relu else None)
+
+
+def _backward(ctx, grad):
+    x, x2, weight, out = ctx.saved_tensors
+    if ctx.relu:
+        grad = grad * (out > 0)
+    need_x, need_x2, need_w, need_b = ctx.needs_input_grad[:4]
+    grad_x = grad_x2 = grad_w = grad_b = None
+    if need_x or need_x2:
+        # conv_transpose2d(g, w, padding=1) == conv2d(g, w flipped and transposed, padding=1)
+        g_in = torch.ops.lowlight_fast.conv3x3_nhwc(
+            grad.contiguous(memory_format=torch.channels_last),
+            None,
+            weight.flip(2, 3).transpose(0, 1).contiguous(),
+            None,
+            False,
+        )
+        grad_x = g_in[:, : x.shape[1]] if need_x else None
+        grad_x2 = g_in[:, x.shape[1] :] if ctx.has_x2 and need_x2 else None
+    if need_w or need_b:
+        full = x if x2 is None else torch.cat([x, x2], 1)
+        _, grad_w, grad_b = torch.ops.aten.convolution_backward(
+            grad, full, weight, [weight.shape[0]], [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+            [False, need_w, need_b and ctx.has_bias],
+        )
+    return grad_x, grad_x2, grad_w, grad_b if ctx.has_bias else None, None
+
+
+_registry.register_cpp(OP, fake=_fake, backward=_backward, setup_context=_setup)
+
+
+# ---- export ----
+
+
+def _decomposed(x, x2, weight, bias, relu):
+    return reference(x, weight, bias, x2=x2, relu=relu)
+
+
+def export_decompositions() -> dict:
+    """``conv3x3_nhwc`` as ``F.conv2d`` of the concatenation, for exporters that need standard operators
+    (see :func:`lowlight_fast.ops.le_curve.export_decompositions`)."""
+    ops = torch.ops.lowlight_fast
+    return {ops.conv3x3_nhwc.default: _decomposed} if hasattr(ops, OP) else {}

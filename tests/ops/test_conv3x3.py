@@ -1,0 +1,138 @@
+"""conv3x3 (Winograd F(2x2, 3x3), channels-last, CPU) against F.conv2d of the concatenation."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lowlight_fast import _ext, use_backend
+from lowlight_fast.models import registry
+from lowlight_fast.models.zerodce import ZeroDCE
+from lowlight_fast.ops import conv3x3 as conv_op
+
+OP = "conv3x3_nhwc"
+# (batch, channels of x, channels of x2 (0: none), output channels, height, width): 1- and 2-pixel
+# edges, odd sizes (half tiles), channel counts with and without a 16-channel tail, Zero-DCE's layers
+CASES = [(2, 32, 0, 32, 7, 9), (1, 32, 32, 24, 10, 5), (1, 5, 3, 7, 1, 1), (3, 3, 0, 4, 2, 3),
+         (1, 17, 0, 33, 1, 6), (2, 16, 16, 8, 6, 1), (1, 1, 1, 1, 3, 3)]
+
+
+def _op():
+    if not _ext.has_op(OP):
+        pytest.fail("lowlight_fast._C was not built with conv3x3_nhwc (scripts/setup.sh builds it)")
+    return torch.ops.lowlight_fast.conv3x3_nhwc
+
+
+def _inputs(case, dtype, requires_grad=False):
+    n, c1, c2, co, h, w = case
+    x = torch.randn(n, c1, h, w, dtype=dtype, requires_grad=requires_grad)
+    x2 = torch.randn(n, c2, h, w, dtype=dtype, requires_grad=requires_grad) if c2 else None
+    weight = (torch.randn(co, c1 + c2, 3, 3, dtype=dtype) / (3 * (c1 + c2) ** 0.5)).requires_grad_(requires_grad)
+    bias = torch.randn(co, dtype=dtype, requires_grad=requires_grad)
+    return x, x2, weight, bias
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("relu", [False, True])
+def test_forward_matches_conv2d(case, relu):
+    op = _op()
+    for dtype, tol in [(torch.float64, 1e-12), (torch.float32, 2e-5)]:
+        x, x2, weight, bias = _inputs(case, dtype)
+        got = op(x, x2, weight, bias, relu)
+        want = conv_op.reference(x, weight, bias, x2=x2, relu=relu)
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+        # without a bias, and from inputs in either layout
+        got = op(x.contiguous(memory_format=torch.channels_last), x2, weight, None, relu)
+        torch.testing.assert_close(got, conv_op.reference(x, weight, None, x2=x2, relu=relu), rtol=tol, atol=tol)
+
+
+def test_large_image_spans_several_tile_runs():
+    """Wider than one task's run of tiles (a partial last run), with Zero-DCE's 64-to-32 layer."""
+    x, x2, weight, bias = _inputs((1, 32, 32, 32, 5, 1203), torch.float32)
+    got = _op()(x, x2, weight, bias, True)
+    torch.testing.assert_close(got, conv_op.reference(x, weight, bias, x2=x2, relu=True), rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("case", [(2, 3, 2, 4, 5, 4), (1, 4, 0, 3, 3, 2)])
+@pytest.mark.parametrize("relu", [False, True])
+def test_gradcheck_float64(case, relu):
+    _op()
+    x, x2, weight, bias = _inputs(case, torch.float64, requires_grad=True)
+    if relu:  # keep the outputs away from the ReLU's kink, where finite differences are meaningless
+        with torch.no_grad():
+            bias += 0.05 * torch.sign(conv_op.reference(x, weight, bias, x2=x2).mean(dim=(0, 2, 3)))
+    args = (x, weight, bias) if x2 is None else (x, weight, bias, x2)
+
+    def f(x, weight, bias, x2=None):
+        return conv_op.conv3x3(x, weight, bias, x2=x2, relu=relu)
+
+    assert torch.autograd.gradcheck(f, args)
+
+
+def test_gradients_match_reference():
+    x, x2, weight, bias = _inputs((2, 6, 3, 5, 7, 8), torch.float64, requires_grad=True)
+    g = torch.randn(2, 5, 7, 8, dtype=torch.float64)
+    got = torch.autograd.grad(conv_op.conv3x3(x, weight, bias, x2=x2, relu=True), (x, x2, weight, bias), g)
+    want = torch.autograd.grad(conv_op.reference(x, weight, bias, x2=x2, relu=True), (x, x2, weight, bias), g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_opcheck():
+    x, x2, weight, bias = _inputs((2, 4, 3, 5, 5, 6), torch.float32, requires_grad=True)
+    torch.library.opcheck(_op(), (x, x2, weight, bias, True))
+    torch.library.opcheck(_op(), (x, None, weight[:, :4].detach().requires_grad_(), None, False))
+
+
+def test_reference_backend_and_other_dtypes_use_conv2d():
+    x, x2, weight, bias = _inputs((1, 3, 2, 4, 5, 5), torch.float32)
+    with use_backend("reference"):
+        got = conv_op.conv3x3(x, weight, bias, x2=x2, relu=True)
+    assert got.is_contiguous()  # F.conv2d's NCHW result: the op did not run
+    torch.testing.assert_close(got, conv_op.reference(x, weight, bias, x2=x2, relu=True))
+    got = conv_op.conv3x3(x.bfloat16(), weight.bfloat16(), bias.bfloat16(), x2=x2.bfloat16())
+    assert got.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ((torch.zeros(3, 5, 5), None, torch.zeros(2, 3, 3, 3), None), "must be"),
+        ((torch.zeros(1, 3, 5, 5), torch.zeros(1, 2, 4, 5), torch.zeros(2, 5, 3, 3), None), "x2 must"),
+        ((torch.zeros(1, 3, 5, 5), None, torch.zeros(2, 4, 3, 3), None), "weight must"),
+        ((torch.zeros(1, 3, 5, 5), None, torch.zeros(2, 3, 5, 5), None), "weight must"),
+        ((torch.zeros(1, 3, 5, 5), None, torch.zeros(2, 3, 3, 3), torch.zeros(3)), "bias must"),
+    ],
+)
+def test_bad_input_is_named(args, match):
+    x, x2, weight, bias = args
+    with pytest.raises(ValueError, match=match):
+        conv_op.conv3x3(x, weight, bias, x2=x2)
+    with pytest.raises(RuntimeError, match=match):
+        _op()(x, x2, weight, bias, False)
+
+
+def test_op_rejects_integer_and_mixed_dtypes():
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        _op()(torch.zeros(1, 3, 4, 4, dtype=torch.int32), None, torch.zeros(2, 3, 3, 3), None, False)
+    with pytest.raises(RuntimeError, match="weight must have x's dtype"):
+        _op()(torch.zeros(1, 3, 4, 4), None, torch.zeros(2, 3, 3, 3, dtype=torch.float64), None, False)
+
+
+def test_zerodce_enhance_image_runs_the_op_and_matches_the_plain_trunk():
+    """The released weights on a bundled photo: the Winograd trunk (counted by the profiler) gives the
+    plain trunk's image within float32 rounding."""
+    _op()
+    from safetensors.torch import load_file
+    from lowlight_fast import io
+
+    model = ZeroDCE().eval()
+    model.load_state_dict(load_file(str(registry.bundled_weights("zerodce"))))
+    plain = ZeroDCE(fused=False).eval()
+    plain.load_state_dict(model.state_dict())
+    x = torch.from_numpy(io.read_image(registry.bundled_samples()[1]).rgb.copy()).permute(2, 0, 1)[None]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        got = model.enhance_image(x)
+    calls = sum(e.count for e in prof.key_averages() if e.key == "lowlight_fast::conv3x3_nhwc")
+    assert calls == 6  # layers 2-7
+    want = plain.enhance_image(x)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
