@@ -178,7 +178,8 @@ class Enhancer:
             while True:
                 try:
                     if tile and self.local and (h > tile or w > tile):
-                        return enhance_tiled(self._run, x, tile, out_device="cpu")
+                        return enhance_tiled(self._run, x, tile, out_device="cpu",
+                                             align=getattr(self.model, "tile_alignment", 1))
                     return self._run(x).cpu()
                 except Exception as exc:  # noqa: BLE001 - only memory errors are retried
                     if not is_out_of_memory(exc):

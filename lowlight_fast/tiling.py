@@ -21,18 +21,19 @@ MARGIN = 16  # >= the receptive-field radius of every model above (7 at most)
 MIN_WINDOW_AREA = 128 * 128  # windows at least this large (pixels): see _tile_sizes
 
 
-def _window(c0: int, c1: int, length: int, size: int, margin: int) -> tuple[int, int]:
+def _window(c0: int, c1: int, length: int, size: int, margin: int, align: int = 1) -> tuple[int, int]:
     """The input window of the core [c0, c1) along one axis: the core plus ``margin`` on each side,
     widened inside the image to the common ``size`` (edge tiles included), its start rounded down to
-    an even index."""
+    a multiple of ``align``."""
     a = max(0, c0 - margin)
     b = min(length, c1 + margin)
     if b - a < size:
         a = max(0, min(a, b - size))
         b = min(length, a + size)
-    # an even start: the 2x2 output tiles of the Winograd convolutions (ops/conv3x3.py) then cover the
-    # same pixels in the window as in the whole image, and round them alike (one pixel wider at most)
-    return a - a % 2, b
+    # align 4 (Zero-DCE): the 4x4 output tiles of the Winograd convolutions (ops/conv3x3.py) then
+    # cover the same pixels in the window as in the whole image, and round them alike (the window is
+    # align - 1 pixels wider at most; other models keep one size, which their oneDNN kernels need)
+    return a - a % align, b
 
 
 def _tile_sizes(h: int, w: int, tile: int, margin: int) -> tuple[int, int]:
@@ -56,12 +57,14 @@ def enhance_tiled(
     tile: int,
     margin: int = MARGIN,
     out_device: torch.device | str | None = None,
+    align: int = 1,
 ) -> torch.Tensor:
     """Apply ``fn`` (N x C x h x w -> N x C' x h x w, local with radius <= ``margin``) to ``x`` tile by tile.
 
     ``x`` may live on another device than the one ``fn`` computes on (for example a large image kept
     in host memory); ``fn`` moves each tile. The result is assembled on ``out_device`` (default:
-    ``x``'s device).
+    ``x``'s device). ``align``: windows start at multiples of it (``tile_alignment`` of the model:
+    4 for Zero-DCE's Winograd trunk).
     """
     if tile <= 0:
         raise ValueError(f"tile must be positive, got {tile}")
@@ -70,10 +73,10 @@ def enhance_tiled(
     out = None
     for y0 in range(0, h, th):
         y1 = min(y0 + th, h)
-        ya, yb = _window(y0, y1, h, min(h, th + 2 * margin), margin)
+        ya, yb = _window(y0, y1, h, min(h, th + 2 * margin), margin, align)
         for x0 in range(0, w, tw):
             x1 = min(x0 + tw, w)
-            xa, xb = _window(x0, x1, w, min(w, tw + 2 * margin), margin)
+            xa, xb = _window(x0, x1, w, min(w, tw + 2 * margin), margin, align)
             y = fn(x[:, :, ya:yb, xa:xb])
             if out is None:
                 out = torch.empty((n, y.shape[1], h, w), dtype=y.dtype,

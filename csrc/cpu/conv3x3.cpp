@@ -1,20 +1,22 @@
 // conv3x3_nhwc: a 3x3 convolution (stride 1, zero padding 1) of channels-last images by Winograd's
-// minimal filtering F(2x2, 3x3), with bias, optional ReLU, and an input that may be the channel
+// minimal filtering F(4x4, 3x3), with bias, optional ReLU, and an input that may be the channel
 // concatenation of two tensors (read in place: Zero-DCE's layers 5-7 read cat(a, b)).
 //
 //   y[n, h, w, o] = relu?(bias[o] + sum_{c, i, j} x[n, h+i-1, w+j-1, c] weight[o, c, i, j])
 //
-// Each 2x2 block of outputs ("tile") reads a 4x4 patch d of every input channel. With the filter
-// transformed once, U = G g G^T (4x4 per (c, o)), the tile is Y = A^T [sum_c (B^T d B) .* U] A: the
-// 9 multiply-adds per output and (input, output) channel pair of a direct convolution become 4 (16
-// per 4 outputs), done as 16 matrix products (tiles x Cin) @ (Cin x Cout), one per position of the
-// 4x4 transformed tile (gemm_rows: register-blocked, the same arithmetic for every tile). A task takes a run of tiles along one tile row;
-// its transformed inputs V (16 x tiles x Cin) and products M (16 x tiles x Cout) are sized to stay in
-// L2, so memory traffic is the input read about twice (tile rows overlap by 2 of 4 image rows) and
-// the output written once: bytes per output pixel ~ 8 Cin + 4 Cout.
+// Each 4x4 block of outputs ("tile") reads a 6x6 patch d of every input channel. With the filter
+// transformed once, U = G g G^T (6x6 per (c, o)), the tile is Y = A^T [sum_c (B^T d B) .* U] A
+// (Lavin and Gray's matrices, interpolation points 0, +-1, +-2): the 9 multiply-adds per output and
+// (input, output) channel pair of a direct convolution become 2.25 (36 per 16 outputs), done as 36
+// matrix products (tiles x Cin) @ (Cin x Cout), one per position of the 6x6 transformed tile
+// (gemm_rows: register-blocked, the same arithmetic for every tile). A task takes a run of tiles
+// along one tile row; its transformed inputs V (36 x tiles x Cin) and products M (36 x tiles x Cout)
+// are sized to stay in L2, so memory traffic is the input read 1.5 times (tile rows overlap by 2 of
+// 6 image rows) and the output written once: bytes per output pixel ~ 6 Cin + 4 Cout.
 //
-// The transforms' adds run in float32 (float64 for float64 tensors); the rounding differs from a
-// direct convolution's by a few units in the last place of the sums (tests/ops/test_conv3x3.py).
+// The transforms run in float32 (float64 for float64 tensors); F(4x4, 3x3)'s transforms scale values
+// by up to 8 and back, so the result's rounding error is a few times a direct convolution's
+// (tests/ops/test_conv3x3.py; on photographs: benchmarks/RESULTS.md).
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -33,97 +35,115 @@ using at::Tensor;
 // Channels transformed at once (a stack array per patch value: 16 x kCB scalars).
 constexpr int64_t kCB = 16;
 
-// The filter transform U[k = 4 i + j][c][o] = (G g[o, c] G^T)[i, j], G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1].
+constexpr int kTile = 4;           // outputs per tile side
+constexpr int kPatch = kTile + 2;  // inputs per patch side
+constexpr int kPos = kPatch * kPatch;
+
+// G applied to one column of 3 filter taps: 6 values (G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6;
+// 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1]).
+template <typename T>
+void filter_1d(T g0, T g1, T g2, T* u) {
+  u[0] = g0 / T(4);
+  u[1] = -(g0 + g1 + g2) / T(6);
+  u[2] = -(g0 - g1 + g2) / T(6);
+  u[3] = g0 / T(24) + g1 / T(12) + g2 / T(6);
+  u[4] = g0 / T(24) - g1 / T(12) + g2 / T(6);
+  u[5] = g2;
+}
+
+// The filter transform U[k = 6 i + j][c][o] = (G g[o, c] G^T)[i, j].
 template <typename T>
 Tensor transform_weight(const Tensor& weight) {
   const int64_t cout = weight.size(0), cin = weight.size(1);
   Tensor w = weight.contiguous();
-  Tensor u = at::empty({16, cin, cout}, weight.options());
+  Tensor u = at::empty({kPos, cin, cout}, weight.options());
   const T* g = w.data_ptr<T>();
   T* up = u.data_ptr<T>();
   for (int64_t o = 0; o < cout; ++o) {
     for (int64_t c = 0; c < cin; ++c) {
       const T* k = g + (o * cin + c) * 9;
-      T t[4][3];  // G g: 4 x 3
-      for (int j = 0; j < 3; ++j) {
-        t[0][j] = k[j];
-        t[1][j] = T(0.5) * (k[j] + k[3 + j] + k[6 + j]);
-        t[2][j] = T(0.5) * (k[j] - k[3 + j] + k[6 + j]);
-        t[3][j] = k[6 + j];
-      }
-      for (int i = 0; i < 4; ++i) {
-        const T v[4] = {t[i][0], T(0.5) * (t[i][0] + t[i][1] + t[i][2]), T(0.5) * (t[i][0] - t[i][1] + t[i][2]),
-                        t[i][2]};
-        for (int j = 0; j < 4; ++j) up[((i * 4 + j) * cin + c) * cout + o] = v[j];
+      T t[3][kPatch];  // (G g^T)^T: for each filter row, G applied along its columns
+      for (int r = 0; r < 3; ++r) filter_1d(k[3 * r], k[3 * r + 1], k[3 * r + 2], t[r]);
+      for (int j = 0; j < kPatch; ++j) {
+        T v[kPatch];
+        filter_1d(t[0][j], t[1][j], t[2][j], v);
+        for (int i = 0; i < kPatch; ++i) up[((i * kPatch + j) * cin + c) * cout + o] = v[i];
       }
     }
   }
   return u;
 }
 
-// One tile row's patch rows: pointers to image rows 2 ty - 1 .. 2 ty + 2 (nullptr outside the image).
+// One tile row's patch rows: pointers to image rows 4 ty - 1 .. 4 ty + 4 (nullptr outside the image).
 template <typename T>
 struct PatchRows {
-  const T* row[4];
+  const T* row[kPatch];
 };
 
-// V[k][t][c] for c in [0, nc), nc <= kCB, of tile t whose 4x4 patch has the pixels src[i][j] (each
-// `nc` channel values; a zero buffer outside the image): B^T d B, B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0;
-// 0 1 0 -1], the columns first (per patch row), then the rows. Full chunks (nc == kCB) compile to
-// straight vector code; a shorter tail is the same loop with a variable trip count.
+// B^T applied to 6 values (B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0;
+// 0 2 -1 -2 1 0; 0 4 0 -5 0 1]), as sums that share their terms.
+#define LLF_BT(d0, d1, d2, d3, d4, d5, v0, v1, v2, v3, v4, v5) \
+  do {                                                          \
+    const T p_ = d4 - T(4) * d2, q_ = d3 - T(4) * d1;           \
+    const T r_ = d4 - d2, s_ = T(2) * (d3 - d1);                \
+    v0 = T(4) * d0 - T(5) * d2 + d4;                            \
+    v1 = p_ + q_;                                               \
+    v2 = p_ - q_;                                               \
+    v3 = r_ + s_;                                               \
+    v4 = r_ - s_;                                               \
+    v5 = T(4) * d1 - T(5) * d3 + d5;                            \
+  } while (0)
+
+// V[k][t][c] for c in [0, nc), nc <= kCB, of tile t whose 6x6 patch has the pixels src[i][j] (each
+// `nc` channel values; a zero buffer outside the image): B^T d B, the columns first (per patch row),
+// then the rows. Full chunks (nc == kCB) compile to straight vector code; a shorter tail is the same
+// loop with a variable trip count.
 template <typename T, bool kFull>
-LOWLIGHT_FAST_INLINE void input_transform(const T* const src[4][4], int64_t nc, T* vt, int64_t v_k_stride) {
+LOWLIGHT_FAST_INLINE void input_transform(const T* const src[kPatch][kPatch], int64_t nc, T* vt,
+                                          int64_t v_k_stride) {
   const int64_t n = kFull ? kCB : nc;
-  T f[4][4][kCB];
-  for (int i = 0; i < 4; ++i) {
-    const T* r0 = src[i][0];
-    const T* r1 = src[i][1];
-    const T* r2 = src[i][2];
-    const T* r3 = src[i][3];
+  T f[kPatch][kPatch][kCB];
+  for (int i = 0; i < kPatch; ++i) {
+    const T* const* r = src[i];
     LOWLIGHT_FAST_SIMD
     for (int64_t c = 0; c < n; ++c) {
-      f[i][0][c] = r0[c] - r2[c];
-      f[i][1][c] = r1[c] + r2[c];
-      f[i][2][c] = r2[c] - r1[c];
-      f[i][3][c] = r1[c] - r3[c];
+      LLF_BT(r[0][c], r[1][c], r[2][c], r[3][c], r[4][c], r[5][c], f[i][0][c], f[i][1][c], f[i][2][c],
+             f[i][3][c], f[i][4][c], f[i][5][c]);
     }
   }
-  for (int j = 0; j < 4; ++j) {
-    T* v0 = vt + (0 * 4 + j) * v_k_stride;
-    T* v1 = vt + (1 * 4 + j) * v_k_stride;
-    T* v2 = vt + (2 * 4 + j) * v_k_stride;
-    T* v3 = vt + (3 * 4 + j) * v_k_stride;
+  for (int j = 0; j < kPatch; ++j) {
+    T* v[kPatch];
+    for (int i = 0; i < kPatch; ++i) v[i] = vt + (i * kPatch + j) * v_k_stride;
     LOWLIGHT_FAST_SIMD
     for (int64_t c = 0; c < n; ++c) {
-      v0[c] = f[0][j][c] - f[2][j][c];
-      v1[c] = f[1][j][c] + f[2][j][c];
-      v2[c] = f[2][j][c] - f[1][j][c];
-      v3[c] = f[1][j][c] - f[3][j][c];
+      LLF_BT(f[0][j][c], f[1][j][c], f[2][j][c], f[3][j][c], f[4][j][c], f[5][j][c], v[0][c], v[1][c], v[2][c],
+             v[3][c], v[4][c], v[5][c]);
     }
   }
 }
+#undef LLF_BT
 
 // All channels of one source (`channels` per pixel, rows as given) for tile t, into V at vt.
 template <typename T>
 LOWLIGHT_FAST_INLINE void input_tile(const PatchRows<T>& rows, const T* zeros, int64_t x0, int64_t width,
                                      int64_t channels, T* vt, int64_t v_k_stride) {
-  const T* px[4][4];
-  for (int i = 0; i < 4; ++i)
-    for (int j = 0; j < 4; ++j) {
+  const T* px[kPatch][kPatch];
+  for (int i = 0; i < kPatch; ++i)
+    for (int j = 0; j < kPatch; ++j) {
       const int64_t x = x0 + j;
       px[i][j] = rows.row[i] != nullptr && x >= 0 && x < width ? rows.row[i] + x * channels : zeros;
     }
   int64_t c0 = 0;
   for (; c0 + kCB <= channels; c0 += kCB) {
-    const T* src[4][4];
-    for (int i = 0; i < 4; ++i)
-      for (int j = 0; j < 4; ++j) src[i][j] = px[i][j] + (px[i][j] == zeros ? 0 : c0);
+    const T* src[kPatch][kPatch];
+    for (int i = 0; i < kPatch; ++i)
+      for (int j = 0; j < kPatch; ++j) src[i][j] = px[i][j] + (px[i][j] == zeros ? 0 : c0);
     input_transform<T, true>(src, kCB, vt + c0, v_k_stride);
   }
   if (c0 < channels) {
-    const T* src[4][4];
-    for (int i = 0; i < 4; ++i)
-      for (int j = 0; j < 4; ++j) src[i][j] = px[i][j] + (px[i][j] == zeros ? 0 : c0);
+    const T* src[kPatch][kPatch];
+    for (int i = 0; i < kPatch; ++i)
+      for (int j = 0; j < kPatch; ++j) src[i][j] = px[i][j] + (px[i][j] == zeros ? 0 : c0);
     input_transform<T, false>(src, channels - c0, vt + c0, v_k_stride);
   }
 }
@@ -140,82 +160,82 @@ LOWLIGHT_FAST_INLINE void input_block(const Geometry* g, const T* x1, const T* x
   const int64_t cin = g->c1 + g->c2;
   const int64_t k_stride = g->block * cin;  // V[k] holds `block` tiles of cin values
   PatchRows<T> r1, r2;
-  for (int i = 0; i < 4; ++i) {
-    const int64_t y = 2 * ty - 1 + i;
+  for (int i = 0; i < kPatch; ++i) {
+    const int64_t y = kTile * ty - 1 + i;
     const bool in = y >= 0 && y < g->height;
     r1.row[i] = in ? x1 + ((n * g->height + y) * g->width) * g->c1 : nullptr;
     r2.row[i] = in && x2 != nullptr ? x2 + ((n * g->height + y) * g->width) * g->c2 : nullptr;
   }
   for (int64_t t = 0; t < ntiles; ++t) {
-    const int64_t x0 = 2 * (tx0 + t) - 1;
+    const int64_t x0 = kTile * (tx0 + t) - 1;
     T* vt = v + t * cin;
     input_tile(r1, zeros, x0, g->width, g->c1, vt, k_stride);
     if (x2 != nullptr) input_tile(r2, zeros, x0, g->width, g->c2, vt + g->c1, k_stride);
   }
 }
 
-// Y = A^T m A (A^T = [1 1 1 0; 0 1 -1 -1]) + bias, ReLU, for the tiles of one run, into y.
+// A^T applied to 6 values (A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1]).
+#define LLF_AT(m0, m1, m2, m3, m4, m5, y0, y1, y2, y3) \
+  do {                                                  \
+    const T a_ = m1 + m2, b_ = m1 - m2;                 \
+    const T c_ = m3 + m4, d_ = m3 - m4;                 \
+    y0 = m0 + a_ + c_;                                  \
+    y1 = b_ + T(2) * d_;                                \
+    y2 = a_ + T(4) * c_;                                \
+    y3 = b_ + T(8) * d_ + m5;                           \
+  } while (0)
+
+// Y = A^T m A + bias, ReLU, for the tiles of one run, into y (rows and columns past the image's end
+// are not written).
 template <typename T>
 LOWLIGHT_FAST_INLINE void output_block(const Geometry* g, const T* m, const T* bias, int64_t n, int64_t ty,
                                        int64_t tx0, int64_t ntiles, T* y) {
   const int64_t co = g->cout;
   const int64_t k_stride = g->block * co;
-  const int64_t y0 = 2 * ty;
-  const bool row1 = y0 + 1 < g->height;
-  T* out0 = y + ((n * g->height + y0) * g->width) * co;
-  T* out1 = row1 ? out0 + g->width * co : nullptr;
+  const int64_t y0 = kTile * ty;
+  const int rows = int(std::min<int64_t>(kTile, g->height - y0));
+  T* out = y + ((n * g->height + y0) * g->width) * co;
   const bool relu = g->relu;
   for (int64_t t = 0; t < ntiles; ++t) {
     const T* mt = m + t * co;
-    const int64_t x = 2 * (tx0 + t);
-    const bool col1 = x + 1 < g->width;
-    T* o00 = out0 + x * co;
-    T* o01 = o00 + co;
-    T* o10 = row1 ? out1 + x * co : nullptr;
-    T* o11 = row1 ? o10 + co : nullptr;
+    const int64_t x = kTile * (tx0 + t);
+    const int cols = int(std::min<int64_t>(kTile, g->width - x));
     for (int64_t c0 = 0; c0 < co; c0 += kCB) {
       const int64_t nc = std::min(kCB, co - c0);
-      T s[2][4][kCB];
-      for (int j = 0; j < 4; ++j) {
-        const T* a0 = mt + (0 * 4 + j) * k_stride + c0;
-        const T* a1 = mt + (1 * 4 + j) * k_stride + c0;
-        const T* a2 = mt + (2 * 4 + j) * k_stride + c0;
-        const T* a3 = mt + (3 * 4 + j) * k_stride + c0;
-        LOWLIGHT_FAST_SIMD
-        for (int64_t c = 0; c < kCB; ++c) {
-          const T p0 = c < nc ? a0[c] : T(0), p1 = c < nc ? a1[c] : T(0);
-          const T p2 = c < nc ? a2[c] : T(0), p3 = c < nc ? a3[c] : T(0);
-          s[0][j][c] = p0 + p1 + p2;
-          s[1][j][c] = p1 - p2 - p3;
-        }
-      }
-      T* dst[2][2] = {{o00, o01}, {o10, o11}};
-      for (int a = 0; a < 2; ++a) {
-        if (a == 1 && !row1) break;
-        T* d0 = dst[a][0] + c0;
-        T* d1 = dst[a][1] + c0;
+      T s[kTile][kPatch][kCB];  // A^T m: 4 x 6
+      for (int j = 0; j < kPatch; ++j) {
+        const T* a[kPatch];
+        for (int i = 0; i < kPatch; ++i) a[i] = mt + (i * kPatch + j) * k_stride + c0;
         LOWLIGHT_FAST_SIMD
         for (int64_t c = 0; c < nc; ++c) {
-          const T b = bias != nullptr ? bias[c0 + c] : T(0);
-          T v0 = s[a][0][c] + s[a][1][c] + s[a][2][c] + b;
-          if (relu) v0 = v0 > T(0) ? v0 : T(0);
-          d0[c] = v0;
+          LLF_AT(a[0][c], a[1][c], a[2][c], a[3][c], a[4][c], a[5][c], s[0][j][c], s[1][j][c], s[2][j][c],
+                 s[3][j][c]);
         }
-        if (col1) {
+      }
+      for (int r = 0; r < rows; ++r) {
+        T* d = out + (r * g->width + x) * co + c0;
+        T o[kTile][kCB];
+        LOWLIGHT_FAST_SIMD
+        for (int64_t c = 0; c < nc; ++c) {
+          LLF_AT(s[r][0][c], s[r][1][c], s[r][2][c], s[r][3][c], s[r][4][c], s[r][5][c], o[0][c], o[1][c],
+                 o[2][c], o[3][c]);
+        }
+        for (int q = 0; q < cols; ++q) {
+          T* dq = d + q * co;
           LOWLIGHT_FAST_SIMD
           for (int64_t c = 0; c < nc; ++c) {
-            const T b = bias != nullptr ? bias[c0 + c] : T(0);
-            T v1 = s[a][1][c] - s[a][2][c] - s[a][3][c] + b;
-            if (relu) v1 = v1 > T(0) ? v1 : T(0);
-            d1[c] = v1;
+            T v = o[q][c] + (bias != nullptr ? bias[c0 + c] : T(0));
+            if (relu) v = v > T(0) ? v : T(0);
+            dq[c] = v;
           }
         }
       }
     }
   }
 }
+#undef LLF_AT
 
-// M = V @ U for one of the 16 positions: (ntiles x cin) @ (cin x cout), rows of kRows tiles and
+// M = V @ U for one of the 36 positions: (ntiles x cin) @ (cin x cout), rows of kRows tiles and
 // kCB output channels held in registers. Every product is summed over c in increasing order with
 // the same instructions whatever the row's place in the run or the run's length (a tail of rows is
 // the same loop with fewer rows), so a pixel's value does not depend on how the image is split into
@@ -258,7 +278,7 @@ LOWLIGHT_FAST_INLINE void gemm_rows(const T* v, const T* u, T* m, int64_t cin, i
 template <typename T, int kRows>
 LOWLIGHT_FAST_INLINE void gemm_block_run(const Geometry* g, const T* v, const T* u, int64_t ntiles, T* m) {
   const int64_t cin = g->c1 + g->c2, cout = g->cout;
-  for (int k = 0; k < 16; ++k) {
+  for (int k = 0; k < kPos; ++k) {
     const T* vk = v + k * g->block * cin;
     const T* uk = u + k * cin * cout;
     T* mk = m + k * g->block * cout;
@@ -318,7 +338,7 @@ void output_dispatch(const Geometry* g, const T* m, const T* b, int64_t n, int64
 
 // Tiles per task: V and M together about 512 KiB (a private L2 holds them with room to spare).
 int64_t block_tiles(int64_t cin, int64_t cout, int64_t element_size) {
-  const int64_t per_tile = 16 * (cin + cout) * element_size;
+  const int64_t per_tile = kPos * (cin + cout) * element_size;
   return std::clamp<int64_t>((int64_t(512) << 10) / per_tile, 8, 512);
 }
 
@@ -339,8 +359,8 @@ void run(const Geometry& g, const Tensor& x1, const Tensor& x2, const Tensor& u,
   T* yp = y.data_ptr<T>();
   at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
     const auto opts = u.options();
-    Tensor v = at::empty({16, g.block, cin}, opts);
-    Tensor m = at::empty({16, g.block, g.cout}, opts);
+    Tensor v = at::empty({kPos, g.block, cin}, opts);
+    Tensor m = at::empty({kPos, g.block, g.cout}, opts);
     Tensor zeros = at::zeros({std::max(g.c1, g.c2)}, opts);  // the padding's pixels
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t bx = task % g.blocks_x;
@@ -390,8 +410,8 @@ Tensor conv3x3_nhwc_cpu(const Tensor& x, const std::optional<Tensor>& x2_opt, co
   g.c1 = c1;
   g.c2 = c2;
   g.cout = cout;
-  g.tiles_x = (width + 1) / 2;
-  g.tiles_y = (height + 1) / 2;
+  g.tiles_x = (width + kTile - 1) / kTile;
+  g.tiles_y = (height + kTile - 1) / kTile;
   g.block = std::min(g.tiles_x, block_tiles(c1 + c2, cout, x.element_size()));
   g.blocks_x = (g.tiles_x + g.block - 1) / g.block;
   g.relu = relu;

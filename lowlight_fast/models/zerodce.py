@@ -28,6 +28,10 @@ class ZeroDCE(EnhancementModel):
     ``fused=False`` runs the plain-PyTorch reference (curve and trunk).
     """
 
+    # tiles of enhance_tiled start at multiples of this: the Winograd trunk's 4x4 output tiles then
+    # fall on the same pixels as in the whole image (lowlight_fast.tiling)
+    tile_alignment = 4
+
     def __init__(self, fused: bool = True) -> None:
         super().__init__()
         nf = 32

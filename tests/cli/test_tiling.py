@@ -18,25 +18,26 @@ def test_tiled_is_exact(name, kw, shape, tile):
     x = torch.rand(*shape)
     with torch.inference_mode():
         whole = m.enhance_image(x)
-        tiled = enhance_tiled(m.enhance_image, x, tile)
+        tiled = enhance_tiled(m.enhance_image, x, tile, align=getattr(m, "tile_alignment", 1))
     assert torch.equal(whole, tiled)
     assert (whole - x).abs().mean() > 0.01
 
 
-def test_windows_cover_core_with_margin_start_even_and_share_one_size():
-    """One size, or one pixel more where the start was rounded down to an even index (the Winograd
-    convolutions' 2x2 output tiles then fall on the same pixels as in the whole image)."""
+def test_windows_cover_core_with_margin_start_aligned_and_share_one_size():
+    """One size; with align 4, up to 3 pixels more where the start was rounded down to a multiple of 4
+    (the Winograd convolutions' 4x4 output tiles then fall on the same pixels as in the whole image)."""
     for length in (1, 50, 96, 97, 300, 1001):
         for tile in (64, 65, 100):
             size = min(length, tile + 32)
-            sizes = set()
-            for c0 in range(0, length, tile):
-                c1 = min(c0 + tile, length)
-                a, b = _window(c0, c1, length, size, 16)
-                assert 0 <= a <= max(0, c0 - 16) and min(length, c1 + 16) <= b <= length
-                assert a % 2 == 0
-                sizes.add(b - a)
-            assert sizes <= {size, size + 1} and size in sizes
+            for align in (1, 4):
+                sizes = set()
+                for c0 in range(0, length, tile):
+                    c1 = min(c0 + tile, length)
+                    a, b = _window(c0, c1, length, size, 16, align)
+                    assert 0 <= a <= max(0, c0 - 16) and min(length, c1 + 16) <= b <= length
+                    assert a % align == 0
+                    sizes.add(b - a)
+                assert sizes <= set(range(size, size + align)) and size in sizes
 
 
 @pytest.mark.parametrize("h,w", [(40, 300), (300, 40), (97, 211), (1000, 1000), (5, 5000)])
