@@ -1,6 +1,7 @@
 """Benchmarks of conv3x3 (Winograd F(4x4, 3x3), csrc/cpu/conv3x3.cpp) on Zero-DCE's layers at
 720x680 (the photographs of bench_enhance.py): the eager reference (oneDNN, channels-last, the
-concatenation copied, then ReLU), torch.compile(reference), ours; and the whole inference trunk.
+concatenation copied, then ReLU or tanh), torch.compile(reference), ours; and the whole inference
+trunk (to the tanh-bounded curve maps).
 
     PYTHONPATH=$PWD python -m pytest benchmarks/bench_conv3x3.py --benchmark-enable \
         --benchmark-columns=min,median,mean,rounds --benchmark-group-by=group
@@ -34,13 +35,13 @@ def test_layer(benchmark, layer, parts, cout, variant):
     xs = [_cl(torch.rand(1, c, H, W)) for c in parts]
     weight = torch.randn(cout, sum(parts), 3, 3) / (3 * sum(parts) ** 0.5)
     bias = torch.randn(cout)
-    relu = layer != "e_conv7"
+    activation = "tanh" if layer == "e_conv7" else "relu"
     x2 = xs[1] if len(xs) > 1 else None
     if variant == "ours":
-        fn = lambda: ops.conv3x3(xs[0], weight, bias, x2=x2, relu=relu)  # noqa: E731
+        fn = lambda: ops.conv3x3(xs[0], weight, bias, x2=x2, activation=activation)  # noqa: E731
     else:
         ref = ops.reference if variant == "eager" else torch.compile(ops.reference)
-        fn = lambda: ref(xs[0], weight, bias, x2=x2, relu=relu)  # noqa: E731
+        fn = lambda: ref(xs[0], weight, bias, x2=x2, activation=activation)  # noqa: E731
     benchmark.group = f"{layer} 1x{sum(parts)}x{H}x{W} -> {cout}"
     benchmark.extra_info["gflop"] = 2 * sum(parts) * cout * 9 * H * W / 1e9
     with torch.no_grad():
@@ -57,7 +58,7 @@ def test_trunk(benchmark, variant):
         fn = lambda: dce_trunk_winograd(m, x)  # noqa: E731
     else:
         trunk = dce_trunk if variant == "eager" else torch.compile(dce_trunk)
-        fn = lambda: trunk(m, inference_layout(x))  # noqa: E731
+        fn = lambda: torch.tanh(trunk(m, inference_layout(x)))  # noqa: E731
     benchmark.group = f"Zero-DCE trunk 1x3x{H}x{W}"
     with torch.no_grad():
         fn()

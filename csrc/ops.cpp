@@ -48,8 +48,9 @@ TORCH_LIBRARY(lowlight_fast, m) {
   m.def("zerodce_pooled_losses(Tensor pooled_enhanced, Tensor pooled_low, Tensor channel_means, int exp_patch, float exp_mean) -> (Tensor spa, Tensor col, Tensor exp)");
   m.def("zerodce_pooled_losses_backward(Tensor grad_spa, Tensor grad_col, Tensor grad_exp, Tensor pooled_enhanced, Tensor pooled_low, Tensor channel_means, int exp_patch, float exp_mean) -> (Tensor, Tensor, Tensor)");
   // --- conv3x3_nhwc (Zero-DCE / Zero-DCE++ inference trunk; csrc/cpu/conv3x3.cpp) ---
-  // relu?(conv2d(cat([x, x2], 1), weight, bias, padding=1)), Winograd F(2x2,3x3), channels-last out
-  m.def("conv3x3_nhwc(Tensor x, Tensor? x2, Tensor weight, Tensor? bias, bool relu) -> Tensor");
+  // act(conv2d(cat([x, x2], 1), weight, bias, padding=1)), act 0 none, 1 ReLU, 2 tanh; Winograd
+  // F(4x4,3x3), channels-last out
+  m.def("conv3x3_nhwc(Tensor x, Tensor? x2, Tensor weight, Tensor? bias, int activation) -> Tensor");
   // --- quantize_hwc (image and video output) ---
   // x (B,C,H,W) float in [0,1], any strides -> (B,H,W,C) uint8 (bits 8) or uint16 (bits 16):
   // floor(clamp(x, 0, 1) * peak + 0.5) in float32, as lowlight_fast.io.quantize

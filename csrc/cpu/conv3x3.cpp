@@ -1,8 +1,9 @@
 // conv3x3_nhwc: a 3x3 convolution (stride 1, zero padding 1) of channels-last images by Winograd's
 // minimal filtering F(4x4, 3x3), with bias, optional ReLU, and an input that may be the channel
-// concatenation of two tensors (read in place: Zero-DCE's layers 5-7 read cat(a, b)).
+// concatenation of two tensors (read in place: Zero-DCE's layers 5-7 read cat(a, b)); the activation
+// (none, ReLU, tanh) is applied as each result is written.
 //
-//   y[n, h, w, o] = relu?(bias[o] + sum_{c, i, j} x[n, h+i-1, w+j-1, c] weight[o, c, i, j])
+//   y[n, h, w, o] = act(bias[o] + sum_{c, i, j} x[n, h+i-1, w+j-1, c] weight[o, c, i, j])
 //
 // Each 4x4 block of outputs ("tile") reads a 6x6 patch d of every input channel. With the filter
 // transformed once, U = G g G^T (6x6 per (c, o)), the tile is Y = A^T [sum_c (B^T d B) .* U] A
@@ -24,6 +25,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "common/smooth_loss.h"
 #include "cpu/dispatch.h"
 #include "cpu/simd.h"
 
@@ -148,9 +150,20 @@ LOWLIGHT_FAST_INLINE void input_tile(const PatchRows<T>& rows, const T* zeros, i
   }
 }
 
+enum Activation : int { kNone = 0, kRelu = 1, kTanh = 2 };
+
+// tanh(v) = sign(v) (1 - e) / (1 + e), e = exp(-2 |v|) <= 1: the same instructions for every element
+// (torch.tanh's vector and scalar code differ by an ulp, and which elements take which depends on how
+// its loop is split, so its results can change from call to call); within 1e-7 of tanh.
+template <typename T>
+LOWLIGHT_FAST_INLINE T tanh_of(T v) {
+  const T e = smooth::exp_nonpositive(T(-2) * std::fabs(v));
+  return std::copysign((T(1) - e) / (T(1) + e), v);
+}
+
 struct Geometry {
   int64_t height, width, c1, c2, cout, tiles_x, tiles_y, block, blocks_x;
-  bool relu;
+  int activation;  // kNone, kRelu, kTanh
 };
 
 // All tiles of tasks [t0, t1) (a task: image n, tile row ty, run bx of `block` tiles).
@@ -185,7 +198,7 @@ LOWLIGHT_FAST_INLINE void input_block(const Geometry* g, const T* x1, const T* x
     y3 = b_ + T(8) * d_ + m5;                           \
   } while (0)
 
-// Y = A^T m A + bias, ReLU, for the tiles of one run, into y (rows and columns past the image's end
+// Y = act(A^T m A + bias) for the tiles of one run, into y (rows and columns past the image's end
 // are not written).
 template <typename T>
 LOWLIGHT_FAST_INLINE void output_block(const Geometry* g, const T* m, const T* bias, int64_t n, int64_t ty,
@@ -195,7 +208,7 @@ LOWLIGHT_FAST_INLINE void output_block(const Geometry* g, const T* m, const T* b
   const int64_t y0 = kTile * ty;
   const int rows = int(std::min<int64_t>(kTile, g->height - y0));
   T* out = y + ((n * g->height + y0) * g->width) * co;
-  const bool relu = g->relu;
+  const int act = g->activation;
   for (int64_t t = 0; t < ntiles; ++t) {
     const T* mt = m + t * co;
     const int64_t x = kTile * (tx0 + t);
@@ -225,7 +238,8 @@ LOWLIGHT_FAST_INLINE void output_block(const Geometry* g, const T* m, const T* b
           LOWLIGHT_FAST_SIMD
           for (int64_t c = 0; c < nc; ++c) {
             T v = o[q][c] + (bias != nullptr ? bias[c0 + c] : T(0));
-            if (relu) v = v > T(0) ? v : T(0);
+            if (act == kRelu) v = v > T(0) ? v : T(0);
+            if (act == kTanh) v = tanh_of(v);
             dq[c] = v;
           }
         }
@@ -376,7 +390,7 @@ void run(const Geometry& g, const Tensor& x1, const Tensor& x2, const Tensor& u,
 }
 
 Tensor conv3x3_nhwc_cpu(const Tensor& x, const std::optional<Tensor>& x2_opt, const Tensor& weight,
-                        const std::optional<Tensor>& bias_opt, bool relu) {
+                        const std::optional<Tensor>& bias_opt, int64_t activation) {
   check_image(x, "x");
   const Tensor x2 = x2_opt.has_value() ? *x2_opt : Tensor();
   if (x2.defined()) {
@@ -414,7 +428,9 @@ Tensor conv3x3_nhwc_cpu(const Tensor& x, const std::optional<Tensor>& x2_opt, co
   g.tiles_y = (height + kTile - 1) / kTile;
   g.block = std::min(g.tiles_x, block_tiles(c1 + c2, cout, x.element_size()));
   g.blocks_x = (g.tiles_x + g.block - 1) / g.block;
-  g.relu = relu;
+  TORCH_CHECK(activation >= kNone && activation <= kTanh,
+              "conv3x3_nhwc: activation must be 0 (none), 1 (ReLU) or 2 (tanh), got ", activation);
+  g.activation = int(activation);
   if (x.scalar_type() == at::kFloat) {
     run<float>(g, x1c, x2c, transform_weight<float>(weight), bias, y, batch);
   } else {

@@ -93,14 +93,14 @@ def inference_layout(x: torch.Tensor) -> torch.Tensor:
 
 def dce_trunk_winograd(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """:func:`dce_trunk` for inference without gradients, on the CPU: layers 2-7 (32 and 64 input
-    channels) by :func:`lowlight_fast.ops.conv3x3.conv3x3` (Winograd F(2x2, 3x3); the skip layers'
-    concatenations read in place; ReLU applied as each result is written); layer 1 (3 input channels:
-    Winograd does not pay) by oneDNN, channels-last. Same values as :func:`dce_trunk` up to float32
-    rounding (benchmarks/RESULTS.md)."""
+    channels) by :func:`lowlight_fast.ops.conv3x3.conv3x3` (Winograd F(4x4, 3x3); the skip layers'
+    concatenations read in place; ReLU, and layer 7's tanh, applied as each result is written);
+    layer 1 (3 input channels: Winograd does not pay) by oneDNN, channels-last. Returns the curve
+    maps, tanh(:func:`dce_trunk`), up to float32 rounding (benchmarks/RESULTS.md)."""
     from lowlight_fast.ops.conv3x3 import conv3x3
 
-    def layer(conv, a, b=None, relu=True):
-        return conv3x3(a, conv.weight, conv.bias, x2=b, relu=relu)
+    def layer(conv, a, b=None, activation="relu"):
+        return conv3x3(a, conv.weight, conv.bias, x2=b, activation=activation)
 
     x1 = F.relu(m.e_conv1(inference_layout(x)), inplace=True)
     x2 = layer(m.e_conv2, x1)
@@ -110,7 +110,7 @@ def dce_trunk_winograd(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     del x4
     x6 = layer(m.e_conv6, x2, x5)
     del x2, x5
-    return layer(m.e_conv7, x1, x6, relu=False)
+    return layer(m.e_conv7, x1, x6, activation="tanh")
 
 
 def dce_trunk(m: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -64,7 +64,7 @@ class ZeroDCE(EnhancementModel):
         float64, ``fused``) by the Winograd trunk (``dce_trunk_winograd``), else convolutions
         channels-last on the CPU."""
         if self.fused and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
-            return dce_trunk_winograd(self, x).tanh_()
+            return dce_trunk_winograd(self, x)
         return dce_trunk(self, inference_layout(x)).tanh_()  # no_grad: conv7's output is ours
 
     @torch.no_grad()

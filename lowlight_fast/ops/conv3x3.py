@@ -1,11 +1,14 @@
-"""conv3x3: ``relu?(conv2d(cat([x, x2], 1), weight, bias, padding=1))`` for channels-last float CPU
-images by Winograd's F(2x2, 3x3) (csrc/cpu/conv3x3.cpp), for the 32- and 64-channel layers of the
+"""conv3x3: ``act(conv2d(cat([x, x2], 1), weight, bias, padding=1))`` for channels-last float CPU
+images by Winograd's F(4x4, 3x3) (csrc/cpu/conv3x3.cpp), for the 32- and 64-channel layers of the
 Zero-DCE trunk: fewer multiply-adds than oneDNN's direct kernels, the concatenation of the skip
-layers read in place (never copied), bias and ReLU applied as the result is written.
-One op, ``torch.ops.lowlight_fast.conv3x3_nhwc(x, x2, weight, bias, relu)``, output channels-last.
+layers read in place (never copied), bias and the activation (none, ReLU, tanh) applied as the
+result is written. One op, ``torch.ops.lowlight_fast.conv3x3_nhwc(x, x2, weight, bias, activation)``
+(activation 0 none, 1 ReLU, 2 tanh), output channels-last. Its tanh is computed the same way for
+every element (torch.tanh's results can change from call to call by an ulp; within 1e-7 of it).
 
-Its backward: the input gradient is the same op on the (ReLU-masked) output gradient with the
-flipped, transposed weight; the weight and bias gradients are ATen's ``convolution_backward``.
+Its backward: the input gradient is the same op on the output gradient times the activation's
+derivative (from the output), with the flipped, transposed weight; the weight and bias gradients
+are ATen's ``convolution_backward``.
 
 Backends: C++ (CPU, float32/float64); elsewhere (CUDA: cuDNN picks its own algorithms) and for the
 reference backend, ``F.conv2d`` of the concatenation. The rounding differs from a direct
@@ -23,6 +26,7 @@ from lowlight_fast.ops import _registry
 # ---- constants ----
 
 OP = "conv3x3_nhwc"
+ACTIVATIONS = {"none": 0, "relu": 1, "tanh": 2}
 
 # ---- checks ----
 
@@ -64,29 +68,34 @@ def conv3x3(
     bias: torch.Tensor | None = None,
     *,
     x2: torch.Tensor | None = None,
-    relu: bool = False,
+    activation: str = "none",
 ) -> torch.Tensor:
-    """``conv2d(cat([x, x2], 1), weight, bias, stride=1, padding=1)``, then ReLU when ``relu``.
+    """``conv2d(cat([x, x2], 1), weight, bias, stride=1, padding=1)``, then ``activation``: "none",
+    "relu" or "tanh".
 
     On the CPU (float32/float64) the Winograd kernel runs and the result is channels-last; elsewhere,
     or with ``LOWLIGHT_FAST_BACKEND=reference``, ``F.conv2d`` of the concatenation.
     """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"conv3x3: activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
     _check(x, x2, weight, bias)
     if x.device.type == "cpu" and _compiled_ok(x, x2, weight, bias):
-        return torch.ops.lowlight_fast.conv3x3_nhwc(x, x2, weight, bias, relu)
-    return reference(x, weight, bias, x2=x2, relu=relu)
+        return torch.ops.lowlight_fast.conv3x3_nhwc(x, x2, weight, bias, ACTIVATIONS[activation])
+    return reference(x, weight, bias, x2=x2, activation=activation)
 
 
-def reference(x, weight, bias=None, *, x2=None, relu=False):
-    """The plain-PyTorch version: ``F.conv2d`` of the concatenation (ReLU when asked)."""
+def reference(x, weight, bias=None, *, x2=None, activation="none"):
+    """The plain-PyTorch version: ``F.conv2d`` of the concatenation, then the activation."""
     y = F.conv2d(x if x2 is None else torch.cat([x, x2], 1), weight, bias, 1, 1)
-    return F.relu(y) if relu else y
+    if activation == "relu":
+        return F.relu(y)
+    return torch.tanh(y) if activation == "tanh" else y
 
 
 # ---- fakes ----
 
 
-def _fake(x, x2, weight, bias, relu):
+def _fake(x, x2, weight, bias, activation):
     return x.new_empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3])).contiguous(
         memory_format=torch.channels_last
     )
@@ -96,17 +105,19 @@ def _fake(x, x2, weight, bias, relu):
 
 
 def _setup(ctx, inputs, output):
-    x, x2, weight, bias, relu = inputs
-    ctx.relu = relu
+    x, x2, weight, bias, activation = inputs
+    ctx.activation = activation
     ctx.has_x2 = x2 is not None
     ctx.has_bias = bias is not None
-    ctx.save_for_backward(x, x2, weight, output if relu else None)
+    ctx.save_for_backward(x, x2, weight, output if activation else None)
 
 
 def _backward(ctx, grad):
     x, x2, weight, out = ctx.saved_tensors
-    if ctx.relu:
+    if ctx.activation == ACTIVATIONS["relu"]:
         grad = grad * (out > 0)
+    elif ctx.activation == ACTIVATIONS["tanh"]:
+        grad = grad * (1 - out * out)
     need_x, need_x2, need_w, need_b = ctx.needs_input_grad[:4]
     grad_x = grad_x2 = grad_w = grad_b = None
     if need_x or need_x2:
@@ -135,8 +146,11 @@ _registry.register_cpp(OP, fake=_fake, backward=_backward, setup_context=_setup)
 # ---- export ----
 
 
-def _decomposed(x, x2, weight, bias, relu):
-    return reference(x, weight, bias, x2=x2, relu=relu)
+_NAMES = {code: name for name, code in ACTIVATIONS.items()}
+
+
+def _decomposed(x, x2, weight, bias, activation):
+    return reference(x, weight, bias, x2=x2, activation=_NAMES[activation])
 
 
 def export_decompositions() -> dict:

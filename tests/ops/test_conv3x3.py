@@ -31,64 +31,71 @@ def _inputs(case, dtype, requires_grad=False):
 
 
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("relu", [False, True])
-def test_forward_matches_conv2d(case, relu):
+@pytest.mark.parametrize("activation", ["none", "relu", "tanh"])
+def test_forward_matches_conv2d(case, activation):
     op = _op()
     for dtype, tol in [(torch.float64, 1e-12), (torch.float32, 1e-4)]:
         x, x2, weight, bias = _inputs(case, dtype)
-        got = op(x, x2, weight, bias, relu)
-        want = conv_op.reference(x, weight, bias, x2=x2, relu=relu)
+        code = conv_op.ACTIVATIONS[activation]
+        got = op(x, x2, weight, bias, code)
+        want = conv_op.reference(x, weight, bias, x2=x2, activation=activation)
         assert got.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(got, want, rtol=tol, atol=tol)
         # without a bias, and from inputs in either layout
-        got = op(x.contiguous(memory_format=torch.channels_last), x2, weight, None, relu)
-        torch.testing.assert_close(got, conv_op.reference(x, weight, None, x2=x2, relu=relu), rtol=tol, atol=tol)
+        got = op(x.contiguous(memory_format=torch.channels_last), x2, weight, None, code)
+        want = conv_op.reference(x, weight, None, x2=x2, activation=activation)
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
 
 
 def test_large_image_spans_several_tile_runs():
     """Wider than one task's run of tiles (a partial last run), with Zero-DCE's 64-to-32 layer."""
     x, x2, weight, bias = _inputs((1, 32, 32, 32, 5, 1203), torch.float32)
-    got = _op()(x, x2, weight, bias, True)
-    torch.testing.assert_close(got, conv_op.reference(x, weight, bias, x2=x2, relu=True), rtol=1e-4, atol=1e-4)
+    got = _op()(x, x2, weight, bias, 1)
+    want = conv_op.reference(x, weight, bias, x2=x2, activation="relu")
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("case", [(2, 3, 2, 4, 5, 4), (1, 4, 0, 3, 3, 2)])
-@pytest.mark.parametrize("relu", [False, True])
-def test_gradcheck_float64(case, relu):
+@pytest.mark.parametrize("activation", ["none", "relu", "tanh"])
+def test_gradcheck_float64(case, activation):
     _op()
     x, x2, weight, bias = _inputs(case, torch.float64, requires_grad=True)
-    if relu:  # keep the outputs away from the ReLU's kink, where finite differences are meaningless
+    if activation == "relu":  # outputs away from the kink, where finite differences mislead
         with torch.no_grad():
             bias += 0.05 * torch.sign(conv_op.reference(x, weight, bias, x2=x2).mean(dim=(0, 2, 3)))
     args = (x, weight, bias) if x2 is None else (x, weight, bias, x2)
 
     def f(x, weight, bias, x2=None):
-        return conv_op.conv3x3(x, weight, bias, x2=x2, relu=relu)
+        return conv_op.conv3x3(x, weight, bias, x2=x2, activation=activation)
 
     assert torch.autograd.gradcheck(f, args)
 
 
-def test_gradients_match_reference():
+@pytest.mark.parametrize("activation", ["none", "relu", "tanh"])
+def test_gradients_match_reference(activation):
     x, x2, weight, bias = _inputs((2, 6, 3, 5, 7, 8), torch.float64, requires_grad=True)
     g = torch.randn(2, 5, 7, 8, dtype=torch.float64)
-    got = torch.autograd.grad(conv_op.conv3x3(x, weight, bias, x2=x2, relu=True), (x, x2, weight, bias), g)
-    want = torch.autograd.grad(conv_op.reference(x, weight, bias, x2=x2, relu=True), (x, x2, weight, bias), g)
+    got = conv_op.conv3x3(x, weight, bias, x2=x2, activation=activation)
+    want = conv_op.reference(x, weight, bias, x2=x2, activation=activation)
+    got = torch.autograd.grad(got, (x, x2, weight, bias), g)
+    want = torch.autograd.grad(want, (x, x2, weight, bias), g)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_opcheck():
     x, x2, weight, bias = _inputs((2, 4, 3, 5, 5, 6), torch.float32, requires_grad=True)
-    torch.library.opcheck(_op(), (x, x2, weight, bias, True))
-    torch.library.opcheck(_op(), (x, None, weight[:, :4].detach().requires_grad_(), None, False))
+    torch.library.opcheck(_op(), (x, x2, weight, bias, 1))
+    torch.library.opcheck(_op(), (x, None, weight[:, :4].detach().requires_grad_(), None, 0))
+    torch.library.opcheck(_op(), (x, x2, weight, bias, 2))
 
 
 def test_reference_backend_and_other_dtypes_use_conv2d():
     x, x2, weight, bias = _inputs((1, 3, 2, 4, 5, 5), torch.float32)
     with use_backend("reference"):
-        got = conv_op.conv3x3(x, weight, bias, x2=x2, relu=True)
+        got = conv_op.conv3x3(x, weight, bias, x2=x2, activation="relu")
     assert got.is_contiguous()  # F.conv2d's NCHW result: the op did not run
-    torch.testing.assert_close(got, conv_op.reference(x, weight, bias, x2=x2, relu=True))
+    torch.testing.assert_close(got, conv_op.reference(x, weight, bias, x2=x2, activation="relu"))
     got = conv_op.conv3x3(x.bfloat16(), weight.bfloat16(), bias.bfloat16(), x2=x2.bfloat16())
     assert got.dtype == torch.bfloat16
 
@@ -108,14 +115,35 @@ def test_bad_input_is_named(args, match):
     with pytest.raises(ValueError, match=match):
         conv_op.conv3x3(x, weight, bias, x2=x2)
     with pytest.raises(RuntimeError, match=match):
-        _op()(x, x2, weight, bias, False)
+        _op()(x, x2, weight, bias, 0)
+
+
+def test_bad_activation_is_named():
+    x, x2, weight, bias = _inputs((1, 3, 0, 4, 5, 5), torch.float32)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        conv_op.conv3x3(x, weight, bias, activation="gelu")
+    with pytest.raises(RuntimeError, match="activation must be 0"):
+        _op()(x, None, weight, bias, 3)
+
+
+def test_tanh_is_the_same_for_every_element():
+    """One value placed at every pixel and channel position (vector bodies and tails alike) gives one
+    result, within 1e-7 of torch.tanh (which can differ by an ulp between its vector and scalar code)."""
+    v = torch.linspace(-9, 9, 2001, dtype=torch.float32)
+    for cout in (24, 7):
+        # a 1x1 "convolution" through the centre tap: output = bias = v at every position
+        x = torch.zeros(1, 1, 3, 5)
+        weight = torch.zeros(cout, 1, 3, 3)
+        outs = torch.stack([_op()(x, None, weight, b.expand(cout).contiguous(), 2) for b in v[:, None]])
+        assert (outs == outs.flatten(1)[:, :1].reshape(-1, 1, 1, 1, 1)).all()
+        torch.testing.assert_close(outs.flatten(1)[:, 0], torch.tanh(v), rtol=0, atol=1e-7)
 
 
 def test_op_rejects_integer_and_mixed_dtypes():
     with pytest.raises(RuntimeError, match="float32 or float64"):
-        _op()(torch.zeros(1, 3, 4, 4, dtype=torch.int32), None, torch.zeros(2, 3, 3, 3), None, False)
+        _op()(torch.zeros(1, 3, 4, 4, dtype=torch.int32), None, torch.zeros(2, 3, 3, 3), None, 0)
     with pytest.raises(RuntimeError, match="weight must have x's dtype"):
-        _op()(torch.zeros(1, 3, 4, 4), None, torch.zeros(2, 3, 3, 3, dtype=torch.float64), None, False)
+        _op()(torch.zeros(1, 3, 4, 4), None, torch.zeros(2, 3, 3, 3, dtype=torch.float64), None, 0)
 
 
 def test_zerodce_enhance_image_runs_the_op_and_matches_the_plain_trunk():

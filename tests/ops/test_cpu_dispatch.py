@@ -86,8 +86,10 @@ errors["zerodce_saturation"] = max(err(loss, want), err(got, wg))
 ca, cb = torch.randn(2, 16, 9, 13, dtype=torch.float64), torch.randn(2, 5, 9, 13, dtype=torch.float64)
 cw, cbias = torch.randn(7, 21, 3, 3, dtype=torch.float64) / 9, torch.randn(7, dtype=torch.float64)
 want = torch.nn.functional.conv2d(torch.cat([ca, cb], 1), cw, cbias, 1, 1).relu()
-errors["conv3x3_nhwc"] = max(err(OPS.conv3x3_nhwc(ca.float(), cb.float(), cw.float(), cbias.float(), True), want),
-                             err(OPS.conv3x3_nhwc(ca, cb, cw, cbias, True), want) * 1e6)
+tw = torch.tanh(torch.nn.functional.conv2d(torch.cat([ca, cb], 1), cw, cbias, 1, 1))
+errors["conv3x3_nhwc"] = max(err(OPS.conv3x3_nhwc(ca.float(), cb.float(), cw.float(), cbias.float(), 1), want),
+                             err(OPS.conv3x3_nhwc(ca.float(), cb.float(), cw.float(), cbias.float(), 2), tw),
+                             err(OPS.conv3x3_nhwc(ca, cb, cw, cbias, 1), want) * 1e6)
 print(json.dumps({"paths": dict(_ext._C.cpu_paths()), "capability": torch.backends.cpu.get_cpu_capability(),
                   "errors": errors}))
 """
