@@ -50,6 +50,10 @@ def _check(x: torch.Tensor, x2: torch.Tensor | None, weight: torch.Tensor, bias:
 
 
 def _compiled_ok(x: torch.Tensor, x2, weight, bias) -> bool:
+    """Whether the C++ kernel runs: backend auto or cpp (triton has no kernel of this op: the other
+    ops run in Triton, the convolutions stay ATen's, as with the reference backend)."""
+    if backend.requested() not in ("auto", "cpp"):
+        return False
     tensors = [t for t in (x, x2, weight, bias) if t is not None]
     return (
         x.dtype in (torch.float32, torch.float64)
@@ -74,7 +78,7 @@ def conv3x3(
     "relu" or "tanh".
 
     On the CPU (float32/float64) the Winograd kernel runs and the result is channels-last; elsewhere,
-    or with ``LOWLIGHT_FAST_BACKEND=reference``, ``F.conv2d`` of the concatenation.
+    or with ``LOWLIGHT_FAST_BACKEND=reference`` or ``triton``, ``F.conv2d`` of the concatenation.
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"conv3x3: activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")

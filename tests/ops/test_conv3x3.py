@@ -92,10 +92,11 @@ def test_opcheck():
 
 def test_reference_backend_and_other_dtypes_use_conv2d():
     x, x2, weight, bias = _inputs((1, 3, 2, 4, 5, 5), torch.float32)
-    with use_backend("reference"):
-        got = conv_op.conv3x3(x, weight, bias, x2=x2, activation="relu")
-    assert got.is_contiguous()  # F.conv2d's NCHW result: the op did not run
-    torch.testing.assert_close(got, conv_op.reference(x, weight, bias, x2=x2, activation="relu"))
+    for name in ("reference", "triton"):  # triton: no kernel of this op, ATen's convolution
+        with use_backend(name):
+            got = conv_op.conv3x3(x, weight, bias, x2=x2, activation="relu")
+        assert got.is_contiguous()  # F.conv2d's NCHW result: the op did not run
+        torch.testing.assert_close(got, conv_op.reference(x, weight, bias, x2=x2, activation="relu"))
     got = conv_op.conv3x3(x.bfloat16(), weight.bfloat16(), bias.bfloat16(), x2=x2.bfloat16())
     assert got.dtype == torch.bfloat16
 
