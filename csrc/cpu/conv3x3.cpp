@@ -237,7 +237,7 @@ LOWLIGHT_FAST_INLINE void output_block(const Geometry* g, const T* m, const T* b
           T* dq = d + q * co;
           LOWLIGHT_FAST_SIMD
           for (int64_t c = 0; c < nc; ++c) {
-            T v = o[q][c] + (bias != nullptr ? bias[c0 + c] : T(0));
+            T v = o[q][c] + bias[c0 + c];
             if (act == kRelu) v = v > T(0) ? v : T(0);
             if (act == kTanh) v = tanh_of(v);
             dq[c] = v;
@@ -369,7 +369,7 @@ void run(const Geometry& g, const Tensor& x1, const Tensor& x2, const Tensor& u,
   const int64_t tasks = batch * g.tiles_y * g.blocks_x;
   const T* x1p = x1.data_ptr<T>();
   const T* x2p = x2.defined() ? x2.data_ptr<T>() : nullptr;
-  const T* bp = bias.defined() ? bias.data_ptr<T>() : nullptr;
+  const T* bp = bias.data_ptr<T>();
   T* yp = y.data_ptr<T>();
   at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
     const auto opts = u.options();
@@ -408,7 +408,10 @@ Tensor conv3x3_nhwc_cpu(const Tensor& x, const std::optional<Tensor>& x2_opt, co
               x.scalar_type(), ", got ", weight.scalar_type());
   const int64_t cout = weight.size(0);
   Tensor bias = bias_opt.has_value() ? bias_opt->contiguous() : Tensor();
-  if (bias.defined())
+  if (!bias.defined())
+    bias = at::zeros({cout}, weight.options());  // one output loop for both (without a bias, the
+                                                 // compiler left the AVX-512 copy's loop scalar)
+  else
     TORCH_CHECK(bias.dim() == 1 && bias.size(0) == cout && bias.scalar_type() == x.scalar_type(),
                 "conv3x3_nhwc: bias must be (", cout, ") of x's dtype, got ", bias.sizes(), " ", bias.scalar_type());
   TORCH_CHECK(cout > 0 && c1 > 0, "conv3x3_nhwc: channels must not be empty");
