@@ -51,6 +51,9 @@ TORCH_LIBRARY(lowlight_fast, m) {
   // act(conv2d(cat([x, x2], 1), weight, bias, padding=1)), act 0 none, 1 ReLU, 2 tanh; Winograd
   // F(4x4,3x3), channels-last out
   m.def("conv3x3_nhwc(Tensor x, Tensor? x2, Tensor weight, Tensor? bias, int activation) -> Tensor");
+  // its weight and bias gradients from the output gradient grad (N,Cout,H,W) and the inputs (any strides)
+  // -> (grad_weight (Cout, Cx + Cx2, 3, 3), grad_bias (Cout)); direct sums, not Winograd
+  m.def("conv3x3_nhwc_weight_grad(Tensor grad, Tensor x, Tensor? x2) -> (Tensor, Tensor)");
   // --- quantize_hwc (image and video output) ---
   // x (B,C,H,W) float in [0,1], any strides -> (B,H,W,C) uint8 (bits 8) or uint16 (bits 16):
   // floor(clamp(x, 0, 1) * peak + 0.5) in float32, as lowlight_fast.io.quantize

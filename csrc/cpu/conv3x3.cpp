@@ -389,6 +389,177 @@ void run(const Geometry& g, const Tensor& x1, const Tensor& x2, const Tensor& u,
   });
 }
 
+// ---- the weight and bias gradients ---------------------------------------------------------------
+//
+//   dw[o, c, i, j] = sum_{n, h, w} g[n, h, w, o] x[n, h+i-1, w+j-1, c],   db[o] = sum g[n, h, w, o]
+//
+// for channels-last g and x (zero outside the image): for each of the 9 taps, a product
+// (Cin x pixels) @ (pixels x Cout) whose pixel axis is a run of one image row shifted by the tap. A
+// register block holds R input channels x kW output channels (the same kernel shape as the forward's
+// products, gemm_tile: one x value broadcast against a vector of g) and sums over a segment of a row,
+// short enough that its g and its three x rows stay in L1 while the 9 taps and all channel blocks
+// read them. Rows are grouped into chunks of a fixed number of pixels, each summed into its own
+// partial gradient (in parallel), and the partials are added in chunk order: the result depends on
+// the shape only, not on the number of threads.
+
+struct WGradGeometry {
+  int64_t height, width, cout, c1, c2;  // x's channels, then x2's
+  int64_t segment;                      // pixels per row segment
+};
+
+// part[(tap * cin + c) * cout + o] += sum over pixels p of xs[p * xstride + c] * gs[p * cout + o], for
+// c in [c0, c0 + R), o in [o0, o0 + n) (kW > 0: n = kW).
+template <typename T, int R, int kW>
+LOWLIGHT_FAST_INLINE void wgrad_tile(const T* gs, const T* xs, int64_t xstride, int64_t np, int64_t cout,
+                                     int64_t o0, int64_t no, T* part) {
+  const int64_t n = kW > 0 ? kW : no;
+  constexpr int64_t kA = kW > 0 ? kW : 8;
+  T acc[R][kA];
+  for (int r = 0; r < R; ++r) {
+    LOWLIGHT_FAST_SIMD
+    for (int64_t j = 0; j < kA; ++j) acc[r][j] = T(0);
+  }
+  for (int64_t p = 0; p < np; ++p) {
+    const T* gp = gs + p * cout + o0;
+    const T* xp = xs + p * xstride;
+    for (int r = 0; r < R; ++r) {
+      const T a = xp[r];
+      LOWLIGHT_FAST_SIMD
+      for (int64_t j = 0; j < n; ++j) acc[r][j] += a * gp[j];
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    T* d = part + r * cout + o0;
+    LOWLIGHT_FAST_SIMD
+    for (int64_t j = 0; j < n; ++j) d[j] += acc[r][j];
+  }
+}
+
+template <typename T, int R>
+LOWLIGHT_FAST_INLINE void wgrad_rows(const T* gs, const T* xs, int64_t xstride, int64_t np, int64_t cout, T* part) {
+  int64_t o0 = 0;
+  for (; o0 + 16 <= cout; o0 += 16) wgrad_tile<T, R, 16>(gs, xs, xstride, np, cout, o0, 16, part);
+  for (; o0 + 8 <= cout; o0 += 8) wgrad_tile<T, R, 8>(gs, xs, xstride, np, cout, o0, 8, part);
+  if (o0 < cout) wgrad_tile<T, R, 0>(gs, xs, xstride, np, cout, o0, cout - o0, part);
+}
+
+// One image row of g (image n, row h) into part (9 x cin x cout) and bias part (cout).
+template <typename T, int kRows>
+LOWLIGHT_FAST_INLINE void wgrad_row_run(const WGradGeometry* g, const T* grad, const T* x1, const T* x2, int64_t n,
+                                        int64_t h, T* part, T* bpart) {
+  const int64_t width = g->width, cout = g->cout, cin = g->c1 + g->c2;
+  const T* grow = grad + (n * g->height + h) * width * cout;
+  for (int64_t s0 = 0; s0 < width; s0 += g->segment) {
+    const int64_t s1 = std::min(width, s0 + g->segment);
+    for (int64_t p = s0; p < s1; ++p) {
+      const T* gp = grow + p * cout;
+      LOWLIGHT_FAST_SIMD
+      for (int64_t o = 0; o < cout; ++o) bpart[o] += gp[o];
+    }
+    for (int i = 0; i < 3; ++i) {
+      const int64_t hh = h + i - 1;
+      if (hh < 0 || hh >= g->height) continue;
+      for (int j = 0; j < 3; ++j) {
+        // output pixels p in [p0, p1) read input column p + j - 1, inside the image
+        const int64_t p0 = std::max<int64_t>(s0, 1 - j), p1 = std::min<int64_t>(s1, width + 1 - j);
+        if (p0 >= p1) continue;
+        T* tap = part + (i * 3 + j) * cin * cout;
+        for (int part_k = 0; part_k < 2; ++part_k) {
+          const int64_t cp = part_k == 0 ? g->c1 : g->c2;
+          if (cp == 0) continue;
+          const T* xb = part_k == 0 ? x1 : x2;
+          const T* xs = xb + ((n * g->height + hh) * width + (p0 + j - 1)) * cp;
+          T* tp = tap + (part_k == 0 ? 0 : g->c1) * cout;
+          int64_t c = 0;
+          for (; c + kRows <= cp; c += kRows) wgrad_rows<T, kRows>(grow + p0 * cout, xs + c, cp, p1 - p0, cout, tp + c * cout);
+          for (; c + 4 <= cp; c += 4) wgrad_rows<T, 4>(grow + p0 * cout, xs + c, cp, p1 - p0, cout, tp + c * cout);
+          for (; c < cp; ++c) wgrad_rows<T, 1>(grow + p0 * cout, xs + c, cp, p1 - p0, cout, tp + c * cout);
+        }
+      }
+    }
+  }
+}
+
+#define LLF_WGRAD(T, R) wgrad_row_run<T, R>
+LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", wgrad12_f32, LLF_WGRAD(float, 12))
+LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", wgrad6_f32, LLF_WGRAD(float, 6))
+LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", wgrad6_f64, LLF_WGRAD(double, 6))
+#undef LLF_WGRAD
+
+template <typename T>
+void wgrad_dispatch(const WGradGeometry* g, const T* grad, const T* x1, const T* x2, int64_t n, int64_t h, T* part,
+                    T* bpart) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (cpu::chosen_path() == cpu::Path::kAvx512)
+      wgrad12_f32(g, grad, x1, x2, n, h, part, bpart);
+    else
+      wgrad6_f32(g, grad, x1, x2, n, h, part, bpart);
+  } else {
+    wgrad6_f64(g, grad, x1, x2, n, h, part, bpart);
+  }
+}
+
+template <typename T>
+std::tuple<Tensor, Tensor> wgrad_run(const WGradGeometry& g, const Tensor& grad, const Tensor& x1, const Tensor& x2,
+                                     int64_t batch) {
+  const int64_t cin = g.c1 + g.c2, cout = g.cout;
+  const int64_t rows = batch * g.height;
+  // rows per chunk: about 16384 pixels, and at most 256 chunks
+  const int64_t per = std::max<int64_t>({1, (int64_t(1) << 14) / std::max<int64_t>(g.width, 1), (rows + 255) / 256});
+  const int64_t chunks = (rows + per - 1) / per;
+  const int64_t psize = 9 * cin * cout + cout;
+  Tensor parts = at::zeros({chunks, psize}, grad.options());
+  const T* gp = grad.data_ptr<T>();
+  const T* x1p = x1.data_ptr<T>();
+  const T* x2p = x2.defined() ? x2.data_ptr<T>() : nullptr;
+  T* pp = parts.data_ptr<T>();
+  at::parallel_for(0, chunks, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      T* part = pp + k * psize;
+      for (int64_t r = k * per; r < std::min(rows, (k + 1) * per); ++r)
+        wgrad_dispatch<T>(&g, gp, x1p, x2p, r / g.height, r % g.height, part, part + 9 * cin * cout);
+    }
+  });
+  // the chunks' sum in chunk order, then (tap, c, o) -> (o, c, tap)
+  Tensor total = parts[0].clone();
+  for (int64_t k = 1; k < chunks; ++k) total.add_(parts[k]);
+  Tensor dw = total.narrow(0, 0, 9 * cin * cout).view({3, 3, cin, cout}).permute({3, 2, 0, 1}).contiguous();
+  Tensor db = total.narrow(0, 9 * cin * cout, cout).clone();
+  return {dw, db};
+}
+
+std::tuple<Tensor, Tensor> conv3x3_nhwc_weight_grad_cpu(const Tensor& grad, const Tensor& x,
+                                                        const std::optional<Tensor>& x2_opt) {
+  check_image(grad, "grad");
+  check_image(x, "x");
+  const Tensor x2 = x2_opt.has_value() ? *x2_opt : Tensor();
+  if (x2.defined()) check_image(x2, "x2");
+  for (const Tensor* t : {&x, &x2}) {
+    if (!t->defined()) continue;
+    TORCH_CHECK(t->scalar_type() == grad.scalar_type(), "conv3x3_nhwc_weight_grad: inputs must have grad's dtype ",
+                grad.scalar_type(), ", got ", t->scalar_type());
+    TORCH_CHECK(t->size(0) == grad.size(0) && t->size(2) == grad.size(2) && t->size(3) == grad.size(3),
+                "conv3x3_nhwc_weight_grad: inputs must have grad's batch and size ", grad.sizes(),
+                " apart from channels, got ", t->sizes());
+  }
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  WGradGeometry g;
+  g.height = grad.size(2);
+  g.width = grad.size(3);
+  g.cout = grad.size(1);
+  g.c1 = x.size(1);
+  g.c2 = x2.defined() ? x2.size(1) : 0;
+  const int64_t cin = g.c1 + g.c2;
+  // a segment's g (cout values a pixel) and its 3 rows of x in about 16 KiB
+  g.segment = std::clamp<int64_t>((int64_t(16) << 10) / ((3 * cin + g.cout) * grad.element_size()), 8, 256);
+  if (grad.numel() == 0 || cin == 0)
+    return {at::zeros({g.cout, cin, 3, 3}, grad.options()), at::zeros({g.cout}, grad.options())};
+  Tensor gc = grad.contiguous(cl), x1c = x.contiguous(cl);
+  Tensor x2c = x2.defined() ? x2.contiguous(cl) : Tensor();
+  if (grad.scalar_type() == at::kFloat) return wgrad_run<float>(g, gc, x1c, x2c, grad.size(0));
+  return wgrad_run<double>(g, gc, x1c, x2c, grad.size(0));
+}
+
 Tensor conv3x3_nhwc_cpu(const Tensor& x, const std::optional<Tensor>& x2_opt, const Tensor& weight,
                         const std::optional<Tensor>& bias_opt, int64_t activation) {
   check_image(x, "x");
@@ -444,6 +615,9 @@ Tensor conv3x3_nhwc_cpu(const Tensor& x, const std::optional<Tensor>& x2_opt, co
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(lowlight_fast, CPU, m) { m.impl("conv3x3_nhwc", &conv3x3_nhwc_cpu); }
+TORCH_LIBRARY_IMPL(lowlight_fast, CPU, m) {
+  m.impl("conv3x3_nhwc", &conv3x3_nhwc_cpu);
+  m.impl("conv3x3_nhwc_weight_grad", &conv3x3_nhwc_weight_grad_cpu);
+}
 
 }  // namespace lowlight_fast

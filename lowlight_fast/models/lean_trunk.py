@@ -48,6 +48,10 @@ _INPUTS = ((0,), (1,), (2,), (3,), (3, 4), (2, 5), (1, 6))
 # while they are smaller, else bands of rows); read at each call.
 CHUNK_PIXELS = 1 << 16
 
+# Zero-DCE's node on the CPU: layers 2-7 and their input gradients on conv3x3_nhwc (Winograd); read at
+# each call (False: oneDNN's NCHW convolutions throughout, as on other devices).
+WINOGRAD = True
+
 
 def _load_malloc_trim():
     if not sys.platform.startswith("linux"):
@@ -108,16 +112,23 @@ def _pieces(batch: int, height: int, width: int) -> list[tuple[int, int, int, in
     return [(b, b + 1, r, min(r + rows, height)) for b in range(batch) for r in range(0, height, rows)]
 
 
-def _conv3x3_backward(g, a, w, need_in, need_w, need_b, acc=None):
+def _conv3x3_backward(g, a, w, need_in, need_w, need_b, acc=None, winograd=False):
     """The backward of conv2d(a, w, b, padding=1) for the output gradient g, piece by piece (oneDNN's
     reorders of g and a then take a piece's size, not the image's): (input gradient, added into ``acc``
     when given, weight gradient, bias gradient), each None where not needed.
 
     A piece (rows r0..r1-1 of g) adds its input gradient to rows r0-1..r1 (the transposed convolution
-    of the piece); its weight and bias gradients read a's rows r0-1..r1 (zero rows beyond the image)."""
+    of the piece); its weight and bias gradients read a's rows r0-1..r1 (zero rows beyond the image).
+
+    ``winograd``: g and a are channels-last (the CPU forward's layout, :func:`_winograd_ok`); the input
+    gradient is then ``conv3x3_nhwc`` with the flipped, transposed weight (Winograd), and the weight
+    and bias gradients ``conv3x3_nhwc_weight_grad`` (oneDNN's channels-last weight gradient is slow on
+    AVX2, and NCHW copies cost more than they save; benchmarks/RESULTS.md)."""
     height = a.shape[2]
     pieces = _pieces(a.shape[0], height, a.shape[3])
     bias_sizes = [w.shape[0]] if need_b else None
+    if winograd:
+        return _conv3x3_backward_winograd(g, a, w, need_in, need_w, need_b, acc, pieces)
     if len(pieces) == 1:
         gin, gw, gb = _conv_backward(g, a, w, bias_sizes, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
                                      [need_in, need_w, need_b])
@@ -152,6 +163,35 @@ def _conv3x3_backward(g, a, w, need_in, need_w, need_b, acc=None):
     if a.numel() * a.element_size() >= _TRIM_BYTES * len(pieces):
         _give_back_freed_heap()
     return gin, gw, gb
+
+
+def _conv3x3_backward_winograd(g, a, w, need_in, need_w, need_b, acc, pieces):
+    """:func:`_conv3x3_backward` for channels-last g and a (``winograd=True``): the weight and bias
+    gradients in one ``conv3x3_nhwc_weight_grad`` call (no temporaries of the image's size); the input
+    gradient in one call when there is nothing to add it to, else piece by piece into ``acc`` (a
+    piece's temporary, not the image's)."""
+    height = a.shape[2]
+    gw = gb = gin = None
+    if need_w or need_b:
+        gw, gb = torch.ops.lowlight_fast.conv3x3_nhwc_weight_grad(g, a, None)
+        gw, gb = (gw if need_w else None), (gb if need_b else None)
+    if not need_in:
+        return gin, gw, gb
+    wt = w.flip(2, 3).transpose(0, 1).contiguous()  # conv_transpose as a conv
+    if acc is None:
+        return _conv3x3_op(g, None, wt, None, 0), gw, gb
+    for b0, b1, r0, r1 in pieces:
+        s0, s1 = max(r0 - 1, 0), min(r1 + 1, height)
+        top, bottom = int(r0 == 0), int(r1 == height)
+        if top and bottom:
+            acc[b0:b1].add_(_conv3x3_op(g[b0:b1], None, wt, None, 0))
+        else:  # rows r0-1..r1 of the input gradient: the piece with a zero row either side
+            part = _conv3x3_op(F.pad(g[b0:b1, :, r0:r1], (0, 0, 1, 1)), None, wt, None, 0)
+            acc[b0:b1, :, s0:s1].add_(part[:, :, top: part.shape[2] - bottom])
+            del part
+    if len(pieces) > 1 and a.numel() * a.element_size() >= _TRIM_BYTES * len(pieces):
+        _give_back_freed_heap()
+    return acc, gw, gb
 
 
 def _take_acts(ctx) -> list:
@@ -214,18 +254,53 @@ def _backward(acts, grad_out, needs, n_params, part_backward, recompute):
     return tuple(grads)
 
 
+def _conv3x3_op(x, x2, w, b, activation):
+    return torch.ops.lowlight_fast.conv3x3_nhwc(x, x2, w, b, activation)
+
+
+def _winograd_ok(x, params) -> bool:
+    """Whether Zero-DCE's node runs layers 2-7 and their input gradients on ``conv3x3_nhwc`` (the CPU,
+    float32/float64, backend auto or cpp, :data:`WINOGRAD` true; else oneDNN's NCHW convolutions)."""
+    if x.device.type != "cpu" or not WINOGRAD:
+        return False
+    from lowlight_fast.ops import conv3x3
+
+    return conv3x3._compiled_ok(x, None, params[2], params[3])
+
+
+def _first_layer(x, w, b, winograd):
+    """Layer 1 (3 input channels: oneDNN's), channels-last when the others are Winograd's."""
+    if winograd:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return F.conv2d(x, w, b, 1, 1).relu_()
+
+
 class ZeroDCETrunk(torch.autograd.Function):
     """``trunk(x)`` of Zero-DCE before tanh: x (B, 3, H, W) and the 14 parameters ``e_conv1.weight``,
-    ``e_conv1.bias``, ..., ``e_conv7.bias`` in that order; returns conv7's output (B, 24, H, W)."""
+    ``e_conv1.bias``, ..., ``e_conv7.bias`` in that order; returns conv7's output (B, 24, H, W).
+
+    On the CPU (:func:`_winograd_ok`) layers 2-7 run on ``conv3x3_nhwc`` (Winograd F(4x4, 3x3), the
+    skip layers' two inputs read in place, ReLU in the kernel) with channels-last activations, and so
+    do their input gradients in the backward (the same op with flipped weights), the weight and bias
+    gradients on ``conv3x3_nhwc_weight_grad``. The output is NCHW, as elsewhere."""
 
     @staticmethod
     def forward(ctx, x, *params):
         weights, biases = params[0::2], params[1::2]
-        acts = [x]
-        for k, (src, w, b) in enumerate(zip(_INPUTS, weights, biases)):
-            y = _conv([acts[i] for i in src], w, b)
-            acts.append(y.relu_() if k < 6 else y)
+        winograd = _winograd_ok(x, params)
+        acts = [x, _first_layer(x, weights[0], biases[0], winograd)]
+        for k in range(1, 7):
+            src, w, b = _INPUTS[k], weights[k], biases[k]
+            if winograd:
+                y = _conv3x3_op(acts[src[0]], acts[src[1]] if len(src) > 1 else None, w, b, int(k < 6))
+            else:
+                y = _conv([acts[i] for i in src], w, b)
+                y = y.relu_() if k < 6 else y
+            acts.append(y)
         out = acts.pop()
+        if winograd:
+            out = out.contiguous()
+        ctx.winograd = winograd
         ctx.save_for_backward(x, *params)
         # intermediates (neither inputs nor outputs), freed one by one in backward; a1 is not kept
         # (its 3-channel convolution is cheap to redo, and the backward needs it only at the end)
@@ -238,13 +313,16 @@ class ZeroDCETrunk(torch.autograd.Function):
         x, *params = ctx.saved_tensors
         acts = [x] + _take_acts(ctx)
         needs = ctx.needs_input_grad
+        winograd = ctx.winograd
+        if winograd:
+            grad_out = grad_out.contiguous(memory_format=torch.channels_last)
 
         def part_backward(k, j, g, a, need_in, acc):
             n = len(_INPUTS[k])
             w = _split(params[2 * k], n)[j]
             need_w = needs[1 + 2 * k]
             need_b = j == n - 1 and needs[2 + 2 * k]  # the bias once, with the direct part
-            gin, gw, gb = _conv3x3_backward(g, a, w, need_in, need_w, need_b, acc)
+            gin, gw, gb = _conv3x3_backward(g, a, w, need_in, need_w, need_b, acc, winograd)
             out = {}
             if need_w:
                 out[2 * k] = (gw, 1)
@@ -254,7 +332,7 @@ class ZeroDCETrunk(torch.autograd.Function):
 
         def recompute(i):
             assert i == 1
-            return _conv([x], params[0], params[1]).relu_()
+            return _first_layer(x, params[0], params[1], winograd)
 
         return _backward(acts, grad_out, needs, len(params), part_backward, recompute)
 

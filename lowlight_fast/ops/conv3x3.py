@@ -8,7 +8,8 @@ every element (torch.tanh's results can change from call to call by an ulp; with
 
 Its backward: the input gradient is the same op on the output gradient times the activation's
 derivative (from the output), with the flipped, transposed weight; the weight and bias gradients
-are ATen's ``convolution_backward``.
+are ``conv3x3_nhwc_weight_grad(grad, x, x2)`` (:func:`weight_grad`: direct sums over channels-last
+rows, 9 taps x register blocks of input x output channels, chunks of rows summed in a fixed order).
 
 Backends: C++ (CPU, float32/float64); elsewhere (CUDA: cuDNN picks its own algorithms) and for the
 reference backend, ``F.conv2d`` of the concatenation. The rounding differs from a direct
@@ -26,6 +27,7 @@ from lowlight_fast.ops import _registry
 # ---- constants ----
 
 OP = "conv3x3_nhwc"
+OP_WEIGHT_GRAD = "conv3x3_nhwc_weight_grad"
 ACTIVATIONS = {"none": 0, "relu": 1, "tanh": 2}
 
 # ---- checks ----
@@ -136,15 +138,43 @@ def _backward(ctx, grad):
         grad_x = g_in[:, : x.shape[1]] if need_x else None
         grad_x2 = g_in[:, x.shape[1] :] if ctx.has_x2 and need_x2 else None
     if need_w or need_b:
-        full = x if x2 is None else torch.cat([x, x2], 1)
-        _, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            grad, full, weight, [weight.shape[0]], [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
-            [False, need_w, need_b and ctx.has_bias],
-        )
+        grad_w, grad_b = torch.ops.lowlight_fast.conv3x3_nhwc_weight_grad(grad, x, x2)
+        grad_w = grad_w if need_w else None
     return grad_x, grad_x2, grad_w, grad_b if ctx.has_bias else None, None
 
 
 _registry.register_cpp(OP, fake=_fake, backward=_backward, setup_context=_setup)
+
+
+def _fake_weight_grad(grad, x, x2):
+    cin = x.shape[1] + (x2.shape[1] if x2 is not None else 0)
+    return grad.new_empty((grad.shape[1], cin, 3, 3)), grad.new_empty((grad.shape[1],))
+
+
+_registry.register_cpp(OP_WEIGHT_GRAD, fake=_fake_weight_grad)
+
+
+def weight_grad(grad: torch.Tensor, x: torch.Tensor, x2: torch.Tensor | None = None):
+    """(weight gradient, bias gradient) of ``conv3x3(x, weight, bias, x2=x2)`` for the output gradient
+    ``grad`` (any layout; channels-last reads in place): on the CPU (float32/float64) our kernel, direct
+    sums over channels-last rows (no copies to NCHW, no im2col); elsewhere ATen's convolution
+    backward."""
+    _check(x, x2, torch.empty((1, x.shape[1] + (0 if x2 is None else x2.shape[1]), 3, 3), device="meta"), None)
+    if grad.dim() != 4 or grad.shape[0] != x.shape[0] or grad.shape[2:] != x.shape[2:]:
+        raise ValueError(f"conv3x3: grad must match x {tuple(x.shape)} apart from channels, got {tuple(grad.shape)}")
+    if x.device.type == "cpu" and _compiled_ok(x, x2, grad, None):
+        return torch.ops.lowlight_fast.conv3x3_nhwc_weight_grad(grad, x, x2)
+    return reference_weight_grad(grad, x, x2)
+
+
+def reference_weight_grad(grad, x, x2=None):
+    """:func:`weight_grad` by ``aten.convolution_backward``."""
+    full = x if x2 is None else torch.cat([x, x2], 1)
+    weight = grad.new_empty((grad.shape[1], full.shape[1], 3, 3))
+    _, gw, gb = torch.ops.aten.convolution_backward(
+        grad, full, weight, [grad.shape[1]], [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [False, True, True]
+    )
+    return gw, gb
 
 
 # ---- export ----

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lowlight_fast import use_backend
 from lowlight_fast.models import lean_trunk
 from lowlight_fast.models._common import dce_trunk
 from lowlight_fast.models.zerodce import ZeroDCE
@@ -207,9 +208,11 @@ _CONV_CASES = [((2, 32, 13, 9), 20), ((1, 32, 11, 7), 7), ((1, 32, 11, 7), 1), (
 @pytest.mark.parametrize("shape,chunk", _CONV_CASES, ids=["2x13x9-bands2", "1x11x7-bands1", "1x11x7-rows1",
                                                           "3x5x6-images2"])
 @pytest.mark.parametrize("out_channels", [32, 24])
-def test_pieces_of_the_convolution_backward_equal_one_call(shape, chunk, out_channels, monkeypatch):
+@pytest.mark.parametrize("winograd", [False, True], ids=["onednn", "winograd"])
+def test_pieces_of_the_convolution_backward_equal_one_call(shape, chunk, out_channels, winograd, monkeypatch):
     """Input (new or added into a given tensor), weight and bias gradients piece by piece: bands of rows
-    (one row each, at the image's top and bottom too) and groups of whole images."""
+    (one row each, at the image's top and bottom too) and groups of whole images; oneDNN's NCHW
+    backward, or channels-last on conv3x3_nhwc and its weight gradient (``winograd``)."""
     monkeypatch.setattr(lean_trunk, "CHUNK_PIXELS", chunk)
     assert len(lean_trunk._pieces(shape[0], shape[2], shape[3])) > 1
     g = torch.Generator().manual_seed(11)
@@ -218,16 +221,20 @@ def test_pieces_of_the_convolution_backward_equal_one_call(shape, chunk, out_cha
     go = torch.randn(shape[0], out_channels, *shape[2:], generator=g, dtype=torch.float64)
     want = torch.ops.aten.convolution_backward(go, a, w, [out_channels], [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
                                                [True, True, True])
-    got = lean_trunk._conv3x3_backward(go, a, w, True, True, True)
+    if winograd:
+        a, go = a.contiguous(memory_format=torch.channels_last), go.contiguous(memory_format=torch.channels_last)
+    got = lean_trunk._conv3x3_backward(go, a, w, True, True, True, winograd=winograd)
     for name, x, y in zip(("input", "weight", "bias"), got, want):
         _close(x, y, 1e-12, f"{name} gradient")
     acc = torch.randn(shape, generator=g, dtype=torch.float64)
+    if winograd:
+        acc = acc.contiguous(memory_format=torch.channels_last)
     start = acc.clone()
-    gin, gw, gb = lean_trunk._conv3x3_backward(go, a, w, True, False, True, acc)
+    gin, gw, gb = lean_trunk._conv3x3_backward(go, a, w, True, False, True, acc, winograd)
     assert gin is acc and gw is None
     _close(gin - start, want[0], 1e-12, "input gradient added in place")
     _close(gb, want[2], 1e-12, "bias gradient")
-    gin, gw, gb = lean_trunk._conv3x3_backward(go, a, w, False, True, False)
+    gin, gw, gb = lean_trunk._conv3x3_backward(go, a, w, False, True, False, winograd=winograd)
     assert gin is None and gb is None
     _close(gw, want[1], 1e-12, "weight gradient alone")
 
@@ -238,10 +245,14 @@ _FROZEN = ("e_conv1.weight", "e_conv5.bias", "e_conv7.weight", "e_conv3.weight",
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("chunk", [30, 200], ids=["bands", "images"])
 @pytest.mark.parametrize("input_grad", [True, False], ids=["x-grad", "no-x-grad"])
-def test_zerodce_pieces_and_frozen_parameters_equal_the_plain_trunk(dtype, chunk, input_grad, monkeypatch):
+@pytest.mark.parametrize("winograd", [True, False], ids=["winograd", "onednn"])
+def test_zerodce_pieces_and_frozen_parameters_equal_the_plain_trunk(dtype, chunk, input_grad, winograd,
+                                                                   monkeypatch):
     """The lean node with a small CHUNK_PIXELS (bands of a few rows, or single whole images) against the
-    plain trunk: batch 2, an odd size, some parameters frozen, with and without an input gradient."""
+    plain trunk: batch 2, an odd size, some parameters frozen, with and without an input gradient; on
+    conv3x3_nhwc (the CPU default) and on oneDNN's convolutions (``lean_trunk.WINOGRAD = False``)."""
     monkeypatch.setattr(lean_trunk, "CHUNK_PIXELS", chunk)
+    monkeypatch.setattr(lean_trunk, "WINOGRAD", winograd)
     shape = (2, 3, 13, 11)
     assert len(lean_trunk._pieces(shape[0], shape[2], shape[3])) > 1
     ref, lean = _pair(lambda fused: ZeroDCE(fused=fused), dtype, 8)
@@ -271,6 +282,29 @@ def test_zerodce_pieces_and_frozen_parameters_equal_the_plain_trunk(dtype, chunk
             assert gp_l[name] is None and gp_r[name] is None, name
         else:
             _close(gp_l[name], gp_r[name], rel, f"gradient of {name}")
+
+
+@pytest.mark.parametrize("winograd", [True, False], ids=["winograd", "onednn"])
+def test_the_zerodce_node_runs_winograd_layers_on_the_cpu(winograd, monkeypatch):
+    """Layers 2-7 and their backward on conv3x3_nhwc and its weight gradient (checked with the profiler),
+    and none of them with WINOGRAD off or under the reference backend."""
+    monkeypatch.setattr(lean_trunk, "WINOGRAD", winograd)
+    m = ZeroDCE()
+    x = torch.rand(2, 3, 12, 10)
+
+    def counts():
+        with torch.profiler.profile() as prof:
+            out = lean_trunk.ZeroDCETrunk.apply(x, *lean_trunk._layer_params(m, False))
+            out.sum().backward()
+        names = [e.name for e in prof.events()]
+        assert out.is_contiguous()  # NCHW out, whatever runs inside
+        return names.count("lowlight_fast::conv3x3_nhwc"), names.count("lowlight_fast::conv3x3_nhwc_weight_grad")
+
+    # forward: layers 2-7; backward: the input gradients of 9 parts (a1..a6, layer 7's a1 skip, the
+    # 2 other skips) and the weight gradients of 10 parts (layer 1 too)
+    assert counts() == ((6 + 9, 10) if winograd else (0, 0))
+    with use_backend("reference"):
+        assert counts() == (0, 0)
 
 
 def test_zerodce_node_gradcheck_with_pieces(monkeypatch):

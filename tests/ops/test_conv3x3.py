@@ -165,3 +165,74 @@ def test_zerodce_enhance_image_runs_the_op_and_matches_the_plain_trunk():
     assert calls == 6  # layers 2-7
     want = plain.enhance_image(x)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+# ---- the weight and bias gradients (conv3x3_nhwc_weight_grad) ----
+
+# cases above plus Zero-DCE's layers at a size of several chunks and row segments (wider than a
+# segment, a partial last chunk), and the 3-to-32 first layer
+WGRAD_CASES = CASES + [(1, 32, 32, 32, 37, 301), (2, 3, 0, 32, 9, 11), (1, 32, 0, 24, 129, 130)]
+
+
+def _wgrad_op():
+    if not _ext.has_op("conv3x3_nhwc_weight_grad"):
+        pytest.fail("lowlight_fast._C was not built with conv3x3_nhwc_weight_grad (scripts/setup.sh builds it)")
+    return torch.ops.lowlight_fast.conv3x3_nhwc_weight_grad
+
+
+@pytest.mark.parametrize("case", WGRAD_CASES)
+def test_weight_grad_matches_convolution_backward(case):
+    op = _wgrad_op()
+    n, c1, c2, co, h, w = case
+    for dtype, tol in [(torch.float64, 1e-12), (torch.float32, 1e-4)]:
+        x, x2, _, _ = _inputs(case, dtype)
+        g = torch.randn(n, co, h, w, dtype=dtype)
+        want_w, want_b = conv_op.reference_weight_grad(g, x, x2)
+        scale = want_w.abs().max().item() + 1
+        # channels-last inputs read in place, NCHW ones copied: the same sums
+        for gg, xx in [(g, x), (g.contiguous(memory_format=torch.channels_last),
+                                x.contiguous(memory_format=torch.channels_last))]:
+            got_w, got_b = op(gg, xx, x2)
+            assert got_w.shape == (co, c1 + c2, 3, 3) and got_b.shape == (co,)
+            torch.testing.assert_close(got_w / scale, want_w / scale, rtol=tol, atol=tol)
+            torch.testing.assert_close(got_b / scale, want_b / scale, rtol=tol, atol=tol)
+
+
+def test_weight_grad_does_not_depend_on_the_thread_count():
+    """Chunks of rows are summed in a fixed order: one thread and two give the same bits."""
+    x, x2, _, _ = _inputs((2, 32, 32, 32, 65, 97), torch.float32)
+    g = torch.randn(2, 32, 65, 97)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _wgrad_op()(g, x, x2)
+        torch.set_num_threads(max(threads, 2))
+        two = _wgrad_op()(g, x, x2)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+
+
+def test_weight_grad_public_function_and_errors():
+    x, x2, _, _ = _inputs((1, 4, 3, 5, 6, 7), torch.float64)
+    g = torch.randn(1, 5, 6, 7, dtype=torch.float64)
+    got, want = conv_op.weight_grad(g, x, x2), conv_op.reference_weight_grad(g, x, x2)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with use_backend("reference"):
+        for a, b in zip(conv_op.weight_grad(g, x, x2), want):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="grad must match x"):
+        conv_op.weight_grad(g[:, :, :5], x, x2)
+    with pytest.raises(RuntimeError, match="dtype"):
+        _wgrad_op()(g.float(), x, x2)
+    # empty images: zero gradients of the right shapes
+    gw, gb = _wgrad_op()(g[:, :, :0], x[:, :, :0], x2[:, :, :0])
+    assert gw.shape == (5, 7, 3, 3) and not gw.any() and gb.shape == (5,) and not gb.any()
+
+
+def test_weight_grad_opcheck():
+    x, x2, _, _ = _inputs((2, 4, 3, 5, 5, 6), torch.float32)
+    g = torch.randn(2, 5, 5, 6)
+    torch.library.opcheck(_wgrad_op(), (g, x, x2))
+    torch.library.opcheck(_wgrad_op(), (g.contiguous(memory_format=torch.channels_last), x, None))
