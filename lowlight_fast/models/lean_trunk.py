@@ -18,6 +18,13 @@ autograd over the plain trunk (``_common.dce_trunk``), and the same values and g
   peak the backward holds six 32-channel maps (activations and gradients together) besides the
   gradient of r. Recomputing a4 (read only by layer 5) was considered: it lowers the layers 7-6
   part of the backward but not layer 5's, where the four gradient maps and a4 itself are live anyway.
+  On the CPU (float32/float64, :data:`WINOGRAD` true, backend auto or cpp) layers 2-7 run on our
+  ``conv3x3_nhwc`` (Winograd F(4x4, 3x3), channels-last activations, the skip layers' two inputs
+  read in place, ReLU in the kernel), their input gradients on the same op with the flipped weights
+  (in pieces only where added into a gradient that exists), and all weight and bias gradients on
+  ``conv3x3_nhwc_weight_grad`` (direct channels-last sums, no temporaries of the image's size): the
+  whole step 3.4-4x faster than the original code's on AVX-512 and AVX2 (benchmarks/RESULTS.md,
+  "Issue #14 on the Zen 5 machine"). Elsewhere oneDNN's (or cuDNN's) NCHW convolutions, in pieces.
 - :class:`DepthwiseSeparableTrunk` (Zero-DCE++): the same order and the same recomputed a1 for
   depthwise + pointwise layers; the depthwise outputs are not kept either but recomputed in the
   backward (a depthwise 3x3 convolution costs 9 multiply-adds per value, the pointwise one 32 or 64).
