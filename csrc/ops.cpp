@@ -54,6 +54,12 @@ TORCH_LIBRARY(lowlight_fast, m) {
   // its weight and bias gradients from the output gradient grad (N,Cout,H,W) and the inputs (any strides)
   // -> (grad_weight (Cout, Cx + Cx2, 3, 3), grad_bias (Cout)); direct sums, not Winograd
   m.def("conv3x3_nhwc_weight_grad(Tensor grad, Tensor x, Tensor? x2) -> (Tensor, Tensor)");
+  // --- batch_norm_relu_nhwc (SCI's conv -> BatchNorm2d -> ReLU in training; csrc/cpu/batch_norm_relu.cpp) ---
+  // relu(batch_norm(x, weight, bias, training=True, eps)) with the batch's statistics -> (y channels-last,
+  // mean, biased var); the running statistics are the caller's (lowlight_fast/ops/batch_norm_relu.py)
+  m.def("batch_norm_relu_nhwc(Tensor x, Tensor weight, Tensor bias, float eps) -> (Tensor y, Tensor mean, Tensor var)");
+  // from the gradient of y and the forward's inputs and statistics -> (grad_x, grad_weight, grad_bias)
+  m.def("batch_norm_relu_nhwc_backward(Tensor grad, Tensor x, Tensor weight, Tensor bias, Tensor mean, Tensor var, float eps) -> (Tensor, Tensor, Tensor)");
   // --- quantize_hwc (image and video output) ---
   // x (B,C,H,W) float in [0,1], any strides -> (B,H,W,C) uint8 (bits 8) or uint16 (bits 16):
   // floor(clamp(x, 0, 1) * peak + 0.5) in float32, as lowlight_fast.io.quantize

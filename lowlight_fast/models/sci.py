@@ -194,12 +194,22 @@ def _training_layout(x: torch.Tensor) -> torch.Tensor:
 
 
 def _run(seq: nn.Sequential, fea: torch.Tensor) -> torch.Tensor:
-    """``seq(fea)`` with each ReLU / Sigmoid that follows a Conv2d or BatchNorm2d applied in place:
-    their backward reads only their input, so overwriting their output is safe for autograd (one
-    full-size buffer fewer per activation)."""
-    prev = None
-    for m in seq:
-        if type(m) is nn.ReLU and isinstance(prev, (nn.Conv2d, nn.BatchNorm2d)):
+    """``seq(fea)`` with each BatchNorm2d followed by a ReLU as one fused op where it runs
+    (:func:`lowlight_fast.ops.batch_norm_relu.batch_norm_relu_module`: batch statistics on the CPU; it
+    keeps the module's running statistics and counter), and each other ReLU / Sigmoid that follows a
+    Conv2d or BatchNorm2d applied in place: their backward reads only their output, so overwriting
+    their input is safe for autograd (one full-size buffer fewer per activation)."""
+    from lowlight_fast.ops.batch_norm_relu import batch_norm_relu_module
+
+    modules = list(seq)
+    prev, fused = None, False
+    for k, m in enumerate(modules):
+        if fused:  # this ReLU ran with the BatchNorm before it
+            prev, fused = m, False
+            continue
+        if type(m) is nn.BatchNorm2d and k + 1 < len(modules) and type(modules[k + 1]) is nn.ReLU:
+            fea, fused = batch_norm_relu_module(m, fea), True
+        elif type(m) is nn.ReLU and isinstance(prev, (nn.Conv2d, nn.BatchNorm2d)):
             fea = torch.relu_(fea)
         elif type(m) is nn.Sigmoid and isinstance(prev, (nn.Conv2d, nn.BatchNorm2d)):
             fea = torch.sigmoid_(fea)

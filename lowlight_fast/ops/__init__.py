@@ -7,4 +7,4 @@ Importing this package registers the fake implementations and autograd formulas 
 (``torch.ops.lowlight_fast.*_triton``) are defined on the first use of the triton backend
 (:func:`lowlight_fast.ops._registry.use_triton`), as importing triton takes seconds.
 """
-from lowlight_fast.ops import conv3x3, deflate, le_curve, quantize, smooth_loss, tv_loss, zerodce_losses  # noqa: F401  (registration)
+from lowlight_fast.ops import batch_norm_relu, conv3x3, deflate, le_curve, quantize, smooth_loss, tv_loss, zerodce_losses  # noqa: F401  (registration)

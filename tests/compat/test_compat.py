@@ -65,8 +65,10 @@ def zerodcepp_style_training(model_module, loss_module, weights, images, scale_f
     return history, DCE_net
 
 
-def sci_style_training(model_module, weights, images, steps=3):
-    model = model_module.Network(stage=3)
+def sci_style_training(model_module, weights, images, steps=3, dtype=torch.float32):
+    model = model_module.Network(stage=3).to(dtype)
+    weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
+    images = [im.to(dtype) for im in images]
     model.enhance.in_conv.apply(model.weights_init)
     model.calibrate.out_conv.apply(model.weights_init)
     model.load_state_dict(weights)
@@ -128,10 +130,15 @@ def test_sci_training_loop_same_trajectory(data):
     images = [d["input"]] if data == "parity" else _random_images(2, (1, 3, 36, 44))
     with lowlight_fast.use_backend("reference"):
         ref, _ = sci_style_training(compat_sci.model, weights, images)
+        exact, _ = sci_style_training(compat_sci.model, weights, images, dtype=torch.float64)
     ours, _ = sci_style_training(compat_sci.model, weights, images)
     if data == "parity":
         assert ref[0] == pytest.approx(parity.expected()["sci"]["network_loss_train"], rel=1e-5)
-    assert ours == pytest.approx(ref, rel=1e-4)
+    # against the float64 trajectory: ATen's float32 channels-last BatchNorm backward is itself off by
+    # up to a few percent in some gradients here (Adam turns that into 1e-4 of the loss by step 3);
+    # ours (batch_norm_relu, float64 sums) follows the float64 run far more closely
+    assert ours == pytest.approx(exact, rel=1e-5)
+    assert ref == pytest.approx(exact, rel=1e-3)
     assert len(set(ref)) == len(ref)
 
 

@@ -123,3 +123,23 @@ def test_in_place_activations_keep_the_modules_values():
     y.square().sum().backward()
     torch.testing.assert_close(x.grad, g_ref)
     assert torch.equal(ident_in[0], ident_in[0].clamp_min(0))  # the first ReLU ran
+
+
+def test_compat_step_runs_the_fused_batch_norm_relu_op():
+    """Checked, not assumed: every BatchNorm + ReLU of the step runs lowlight_fast::batch_norm_relu_nhwc
+    (per stage: the estimator's block and the 7 of the self-calibration, the last stage's without
+    gradients), and its backward wherever a gradient flows; ATen's batch norm never runs."""
+    from lowlight_fast import _ext
+
+    if not _ext.has_op("batch_norm_relu_nhwc"):
+        pytest.fail("lowlight_fast._C was not built with batch_norm_relu_nhwc (scripts/setup.sh builds it)")
+    _, ours = _pair(torch.float32)
+    x = torch.rand(1, 3, 16, 20, generator=torch.Generator().manual_seed(4)) * 0.5
+    with torch.profiler.profile() as prof:
+        ours._loss(x).backward()
+    counts = {}
+    for e in prof.events():
+        counts[e.name] = counts.get(e.name, 0) + 1
+    assert counts.get("lowlight_fast::batch_norm_relu_nhwc") == 3 * 8
+    assert counts.get("lowlight_fast::batch_norm_relu_nhwc_backward") == 3 + 2 * 7
+    assert not any("native_batch_norm" in name for name in counts)

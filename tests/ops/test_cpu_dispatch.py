@@ -19,7 +19,7 @@ from lowlight_fast import _ext
 
 ROOT = Path(__file__).resolve().parents[2]
 KERNELS = {"le_curve", "le_curve_backward", "le_curve_shared", "le_curve_shared_backward", "tv_loss",
-           "smooth_loss", "zerodce_pooled", "zerodce_saturation", "conv3x3_nhwc"}
+           "smooth_loss", "zerodce_pooled", "zerodce_saturation", "conv3x3_nhwc", "batch_norm_relu_nhwc"}
 
 _CHILD = r"""
 import json, torch
@@ -90,6 +90,20 @@ tw = torch.tanh(torch.nn.functional.conv2d(torch.cat([ca, cb], 1), cw, cbias, 1,
 errors["conv3x3_nhwc"] = max(err(OPS.conv3x3_nhwc(ca.float(), cb.float(), cw.float(), cbias.float(), 1), want),
                              err(OPS.conv3x3_nhwc(ca.float(), cb.float(), cw.float(), cbias.float(), 2), tw),
                              err(OPS.conv3x3_nhwc(ca, cb, cw, cbias, 1), want) * 1e6)
+# batch_norm_relu_nhwc: 3 channels (blocks of 48 elements) over two chunks of the sums, 16 channels
+# with a tail; forward and backward, float32
+bnr = 0.0
+for shape in [(1, 3, 150, 160), (2, 16, 5, 7)]:
+    bx = (torch.randn(shape, dtype=torch.float64) + 0.5).contiguous(memory_format=torch.channels_last)
+    bw, bb = torch.randn(shape[1], dtype=torch.float64), torch.randn(shape[1], dtype=torch.float64) * 0.5
+    bg = torch.randn(shape, dtype=torch.float64)
+    xd, wd, bd = (t.clone().requires_grad_() for t in (bx, bw, bb))
+    want = torch.nn.functional.relu(torch.nn.functional.batch_norm(xd, None, None, wd, bd, True))
+    wants = [want, *torch.autograd.grad(want, (xd, wd, bd), bg)]
+    y, mean, var = OPS.batch_norm_relu_nhwc(bx.float(), bw.float(), bb.float(), 1e-5)
+    gx, gw, gb = OPS.batch_norm_relu_nhwc_backward(bg.float(), bx.float(), bw.float(), bb.float(), mean, var, 1e-5)
+    bnr = max([bnr] + [err(got, w) for got, w in zip((y, gx, gw, gb), wants)])
+errors["batch_norm_relu_nhwc"] = bnr
 print(json.dumps({"paths": dict(_ext._C.cpu_paths()), "capability": torch.backends.cpu.get_cpu_capability(),
                   "errors": errors}))
 """
