@@ -11,6 +11,7 @@ aliases are filled from the present ones).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lowlight_fast.models._common import EnhancementModel, inference_layout
@@ -193,6 +194,46 @@ def _training_layout(x: torch.Tensor) -> torch.Tensor:
     return inference_layout(x)
 
 
+class _ConvWeightGradNHWC(torch.autograd.Function):
+    """``F.conv2d(x, weight, bias, padding=1)`` (oneDNN, channels-last) whose backward takes the weight
+    and bias gradients from ``conv3x3_nhwc_weight_grad`` (direct channels-last sums) and only the input
+    gradient from oneDNN: oneDNN's channels-last weight gradient is the slowest part of a 16-to-16
+    channel layer's backward, most of all on AVX2 (benchmarks/RESULTS.md)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return F.conv2d(x, weight, bias, 1, 1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, False, False]
+            )[0]
+        if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
+            grad_w, grad_b = torch.ops.lowlight_fast.conv3x3_nhwc_weight_grad(grad, x, None)
+        return grad_x, grad_w, grad_b if ctx.has_bias else None
+
+
+def _conv(m: nn.Conv2d, fea: torch.Tensor) -> torch.Tensor:
+    """``m(fea)``; in training on the CPU, for a 3x3 layer of at least 16 input and 16 output channels
+    on a channels-last input, through :class:`_ConvWeightGradNHWC` (for fewer channels oneDNN's
+    weight gradient is as fast or faster)."""
+    from lowlight_fast.ops import conv3x3
+
+    plain = (m.kernel_size == (3, 3) and m.stride == (1, 1) and m.padding == (1, 1) and m.dilation == (1, 1)
+             and m.groups == 1 and m.padding_mode == "zeros")
+    if (plain and m.in_channels >= 16 and m.out_channels >= 16 and torch.is_grad_enabled()
+            and fea.is_contiguous(memory_format=torch.channels_last)
+            and conv3x3._compiled_ok(fea, None, m.weight, m.bias)):
+        return _ConvWeightGradNHWC.apply(fea, m.weight, m.bias)
+    return m(fea)
+
+
 def _run(seq: nn.Sequential, fea: torch.Tensor) -> torch.Tensor:
     """``seq(fea)`` with each BatchNorm2d followed by a ReLU as one fused op where it runs
     (:func:`lowlight_fast.ops.batch_norm_relu.batch_norm_relu_module`: batch statistics on the CPU; it
@@ -209,6 +250,8 @@ def _run(seq: nn.Sequential, fea: torch.Tensor) -> torch.Tensor:
             continue
         if type(m) is nn.BatchNorm2d and k + 1 < len(modules) and type(modules[k + 1]) is nn.ReLU:
             fea, fused = batch_norm_relu_module(m, fea), True
+        elif type(m) is nn.Conv2d:
+            fea = _conv(m, fea)
         elif type(m) is nn.ReLU and isinstance(prev, (nn.Conv2d, nn.BatchNorm2d)):
             fea = torch.relu_(fea)
         elif type(m) is nn.Sigmoid and isinstance(prev, (nn.Conv2d, nn.BatchNorm2d)):
