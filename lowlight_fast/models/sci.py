@@ -123,11 +123,14 @@ class SCINetwork(EnhancementModel):
         The same value, gradients and BatchNorm statistics as the criterion over ``forward``'s lists,
         faster and with less memory: on the CPU the convolutions and BatchNorms run channels-last (the
         input converted once; the illumination and stage input handed to the loss in NCHW, the layout
-        its ops read); ReLU and Sigmoid run in place on the convolution or BatchNorm output they follow
-        (whose backward does not read it); the last stage's self-calibration (whose output no loss term
+        its ops read); each BatchNorm + ReLU runs as one op in training on the CPU
+        (``lowlight_fast.ops.batch_norm_relu``: float64 sums, closer to a float64 run than ATen's
+        channels-last batch norm), the 16-to-16 channel convolutions take their weight gradients from
+        ``conv3x3_nhwc_weight_grad``; other ReLUs and Sigmoids run in place on the convolution or
+        BatchNorm output they follow (whose backward does not read it); the last stage's self-calibration (whose output no loss term
         reads) runs without recording gradients and without its out_conv, for its BatchNorm running
         statistics only; nothing is kept for the reflectances and attention maps that the loss does
-        not use. Forward hooks on the ReLU and Sigmoid modules are not called on this path."""
+        not use. Forward hooks on the ReLU, Sigmoid and fused BatchNorm modules are not called on this path."""
         if self._criterion is None:
             from lowlight_fast.losses import LossFunction
 
