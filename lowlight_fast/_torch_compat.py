@@ -55,6 +55,29 @@ def interpreter_problem() -> str | None:
     return None
 
 
+def _inductor_default_cache_dir():
+    """``torch._inductor.runtime.cache_dir_utils.default_cache_dir``, without importing the package
+    ``torch._inductor`` (its ``__init__`` loads Dynamo and SymPy: about a second at start-up, paid by
+    every process that forces ATEN_CPU_CAPABILITY). That file depends on ``torch._environment`` only,
+    so it is loaded on its own; None where it is not there."""
+    import importlib.util
+    import sys
+
+    name = "torch._inductor.runtime.cache_dir_utils"
+    if name in sys.modules:
+        return sys.modules[name].default_cache_dir
+    path = os.path.join(os.path.dirname(torch.__file__), "_inductor", "runtime", "cache_dir_utils.py")
+    spec = importlib.util.spec_from_file_location("_lowlight_fast_inductor_cache_dir_utils", path)
+    if spec is None or spec.loader is None or not os.path.isfile(path):
+        return None
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception:  # noqa: BLE001 - another torch layout: leave Inductor as it is
+        return None
+    return getattr(module, "default_cache_dir", None)
+
+
 def inductor_cache_per_cpu_capability() -> str | None:
     """Where ``ATEN_CPU_CAPABILITY`` forces an instruction-set path and ``TORCHINDUCTOR_CACHE_DIR`` is not
     set, sets the latter to Inductor's default directory suffixed with the capability, so that kernels
@@ -63,9 +86,8 @@ def inductor_cache_per_cpu_capability() -> str | None:
     capability = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
     if not capability or os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
         return None
-    try:
-        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-    except ImportError:  # another layout of torch's internals: leave Inductor as it is
+    default_cache_dir = _inductor_default_cache_dir()
+    if default_cache_dir is None:  # another layout of torch's internals: leave Inductor as it is
         return None
     path = f"{default_cache_dir()}_{re.sub(r'[^a-z0-9_]', '_', capability)}"
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = path

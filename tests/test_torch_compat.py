@@ -42,6 +42,22 @@ def test_an_explicit_triton_request_names_the_version_problem(monkeypatch):
         backend.select("le_curve", torch.device("cpu"), has_triton=True)
 
 
+def test_the_inductor_cache_directory_is_found_without_importing_inductor():
+    # in a fresh process that forces a path: torch._inductor (Dynamo, SymPy: a second of start-up) stays
+    # unloaded, and the directory is the one Inductor itself would pick, suffixed with the path
+    code = (
+        "import os, sys; import lowlight_fast.backend; "
+        "print('torch._inductor' in sys.modules, 'torch._dynamo' in sys.modules, os.environ['TORCHINDUCTOR_CACHE_DIR']); "
+        "from torch._inductor.runtime.cache_dir_utils import default_cache_dir; print(default_cache_dir())"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    env["ATEN_CPU_CAPABILITY"] = "avx2"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    loaded, cache = out.splitlines()
+    assert loaded.split()[:2] == ["False", "False"]
+    assert loaded.split()[2] == cache + "_avx2"
+
+
 def test_a_forced_cpu_capability_gets_its_own_inductor_cache(monkeypatch):
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
