@@ -198,6 +198,18 @@ LOWLIGHT_FAST_INLINE void input_block(const Geometry* g, const T* x1, const T* x
     y3 = b_ + T(8) * d_ + m5;                           \
   } while (0)
 
+// dst[c] = act(o[c] + bias[c]), c < nc.
+template <typename T, int kAct>
+LOWLIGHT_FAST_INLINE void store_outputs(const T* o, const T* bias, int64_t nc, T* dst) {
+  LOWLIGHT_FAST_SIMD
+  for (int64_t c = 0; c < nc; ++c) {
+    T v = o[c] + bias[c];
+    if constexpr (kAct == kRelu) v = v > T(0) ? v : T(0);
+    if constexpr (kAct == kTanh) v = tanh_of(v);
+    dst[c] = v;
+  }
+}
+
 // Y = act(A^T m A + bias) for the tiles of one run, into y (rows and columns past the image's end
 // are not written).
 template <typename T>
@@ -234,14 +246,14 @@ LOWLIGHT_FAST_INLINE void output_block(const Geometry* g, const T* m, const T* b
                  o[2][c], o[3][c]);
         }
         for (int q = 0; q < cols; ++q) {
-          T* dq = d + q * co;
-          LOWLIGHT_FAST_SIMD
-          for (int64_t c = 0; c < nc; ++c) {
-            T v = o[q][c] + bias[c0 + c];
-            if (act == kRelu) v = v > T(0) ? v : T(0);
-            if (act == kTanh) v = tanh_of(v);
-            dq[c] = v;
-          }
+          // one loop per activation: a tanh under a run-time test is a conditional division, which
+          // the AVX2 copy (no masked arithmetic) left scalar
+          if (act == kTanh)
+            store_outputs<T, kTanh>(o[q], bias + c0, nc, d + q * co);
+          else if (act == kRelu)
+            store_outputs<T, kRelu>(o[q], bias + c0, nc, d + q * co);
+          else
+            store_outputs<T, kNone>(o[q], bias + c0, nc, d + q * co);
         }
       }
     }
