@@ -492,6 +492,124 @@ LOWLIGHT_FAST_INLINE void wgrad_row_run(const WGradGeometry* g, const T* grad, c
   }
 }
 
+// For a few output channels (Zero-DCE's and SCI's last layers: 3), vectors along g's channels would be
+// mostly empty. There the vector runs along x instead: for output pixel p and filter row i, the taps
+// j = 0..2 and all channels, x[n, h+i-1, p-1 .. p+1, :], are 3 Cin consecutive values of one image row
+// (channels-last), the same run shifted by Cin for the next pixel; one g value per output channel is
+// broadcast against it. acc[o][k] sums g[p, o] x-run[p][k0 + k] over a segment's inner pixels; the two
+// border pixels (whose run leaves the image) are summed one tap at a time.
+// kU pixels at a time into kU sets of sums (short runs: independent chains of multiply-adds).
+template <typename T, int kO, int kV>
+LOWLIGHT_FAST_INLINE void wgrad_small_chunk(const T* gs, const T* xs, int64_t cin, int64_t np, int64_t k0, int64_t nk,
+                                            T* part, int64_t row, int64_t skip = 0) {
+  constexpr int64_t kA = kV > 0 ? kV : 8;
+  constexpr int kU = kA > 8 ? 1 : 4;
+  const int64_t n = kV > 0 ? kV : nk;
+  T acc[kU][kO][kA];
+  for (int u = 0; u < kU; ++u)
+    for (int o = 0; o < kO; ++o) {
+      LOWLIGHT_FAST_SIMD
+      for (int64_t k = 0; k < kA; ++k) acc[u][o][k] = T(0);
+    }
+  int64_t p = 0;
+  for (; p + kU <= np; p += kU)
+    for (int u = 0; u < kU; ++u) {
+      const T* xp = xs + (p + u) * cin + k0;
+      const T* gp = gs + (p + u) * kO;
+      for (int o = 0; o < kO; ++o) {
+        const T a = gp[o];
+        LOWLIGHT_FAST_SIMD
+        for (int64_t k = 0; k < n; ++k) acc[u][o][k] += a * xp[k];
+      }
+    }
+  for (; p < np; ++p) {
+    const T* xp = xs + p * cin + k0;
+    const T* gp = gs + p * kO;
+    for (int o = 0; o < kO; ++o) {
+      const T a = gp[o];
+      LOWLIGHT_FAST_SIMD
+      for (int64_t k = 0; k < n; ++k) acc[0][o][k] += a * xp[k];
+    }
+  }
+  // run index k0 + k = j * cin + c  ->  part[((row * 3 + j) * cin + c) * kO + o]
+  for (int64_t k = skip; k < n; ++k) {
+    T* d = part + (row * 3 * cin + k0 + k) * kO;
+    for (int o = 0; o < kO; ++o) {
+      T sum = acc[0][o][k];
+      for (int u = 1; u < kU; ++u) sum += acc[u][o][k];
+      d[o] += sum;
+    }
+  }
+}
+
+template <typename T, int kO, int kV>
+LOWLIGHT_FAST_INLINE void wgrad_small_row(const WGradGeometry* g, const T* grad, const T* x, int64_t n, int64_t h,
+                                          T* part, T* bpart) {
+  const int64_t width = g->width, cin = g->c1, run = 3 * cin;
+  const T* grow = grad + (n * g->height + h) * width * kO;
+  for (int64_t s0 = 0; s0 < width; s0 += g->segment) {
+    const int64_t s1 = std::min(width, s0 + g->segment);
+    for (int64_t p = s0; p < s1; ++p)
+      for (int o = 0; o < kO; ++o) bpart[o] += grow[p * kO + o];
+    // inner pixels: p - 1 >= 0 and p + 1 < width
+    const int64_t p0 = std::max<int64_t>(s0, 1), p1 = std::min<int64_t>(s1, width - 1);
+    for (int i = 0; i < 3; ++i) {
+      const int64_t hh = h + i - 1;
+      if (hh < 0 || hh >= g->height) continue;
+      const T* xrow = x + (n * g->height + hh) * width * cin;
+      if (p0 < p1) {
+        const T* xs = xrow + (p0 - 1) * cin;
+        const T* gs = grow + p0 * kO;
+        int64_t k0 = 0;
+        if constexpr (kV > 16)
+          for (; k0 + kV <= run; k0 += kV) wgrad_small_chunk<T, kO, kV>(gs, xs, cin, p1 - p0, k0, kV, part, i);
+        if constexpr (kV > 8)
+          for (; k0 + 16 <= run; k0 += 16) wgrad_small_chunk<T, kO, 16>(gs, xs, cin, p1 - p0, k0, 16, part, i);
+        for (; k0 + 8 <= run; k0 += 8) wgrad_small_chunk<T, kO, 8>(gs, xs, cin, p1 - p0, k0, 8, part, i);
+        if (k0 < run && run >= 8)  // the last 8 of the run, adding only the values past k0 (vectorised)
+          wgrad_small_chunk<T, kO, 8>(gs, xs, cin, p1 - p0, run - 8, 8, part, i, k0 - (run - 8));
+        else if (k0 < run)
+          wgrad_small_chunk<T, kO, 0>(gs, xs, cin, p1 - p0, k0, run - k0, part, i);
+      }
+      for (int64_t p = s0; p < s1; ++p) {  // the border pixels, tap by tap
+        if (p >= p0 && p < p1) continue;
+        for (int j = 0; j < 3; ++j) {
+          const int64_t col = p + j - 1;
+          if (col < 0 || col >= width) continue;
+          const T* xp = xrow + col * cin;
+          T* d = part + (i * 3 + j) * cin * kO;
+          for (int64_t c = 0; c < cin; ++c)
+            for (int o = 0; o < kO; ++o) d[c * kO + o] += grow[p * kO + o] * xp[c];
+        }
+      }
+    }
+  }
+}
+
+template <typename T, int kV>
+LOWLIGHT_FAST_INLINE void wgrad_small_run(const WGradGeometry* g, const T* grad, const T* x1, const T* /*x2*/,
+                                          int64_t n, int64_t h, T* part, T* bpart) {
+  switch (g->cout) {
+    case 1:
+      return wgrad_small_row<T, 1, kV>(g, grad, x1, n, h, part, bpart);
+    case 2:
+      return wgrad_small_row<T, 2, kV>(g, grad, x1, n, h, part, bpart);
+    case 3:
+      return wgrad_small_row<T, 3, kV>(g, grad, x1, n, h, part, bpart);
+    default:
+      return wgrad_small_row<T, 4, kV>(g, grad, x1, n, h, part, bpart);
+  }
+}
+
+// Output channels up to which (with one input tensor) wgrad_small_run sums the weight gradient.
+constexpr int64_t kSmallCout = 4;
+
+#define LLF_WGRAD_SMALL(T, V) wgrad_small_run<T, V>
+LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", wgrad_small32_f32, LLF_WGRAD_SMALL(float, 32))
+LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", wgrad_small16_f32, LLF_WGRAD_SMALL(float, 16))
+LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", wgrad_small8_f64, LLF_WGRAD_SMALL(double, 8))
+#undef LLF_WGRAD_SMALL
+
 #define LLF_WGRAD(T, R) wgrad_row_run<T, R>
 LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", wgrad12_f32, LLF_WGRAD(float, 12))
 LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", wgrad6_f32, LLF_WGRAD(float, 6))
@@ -501,6 +619,17 @@ LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", wgrad6_f64, LLF_WGRAD(double, 6))
 template <typename T>
 void wgrad_dispatch(const WGradGeometry* g, const T* grad, const T* x1, const T* x2, int64_t n, int64_t h, T* part,
                     T* bpart) {
+  if (g->cout <= kSmallCout && g->c2 == 0) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (cpu::chosen_path() == cpu::Path::kAvx512)
+        wgrad_small32_f32(g, grad, x1, x2, n, h, part, bpart);
+      else
+        wgrad_small16_f32(g, grad, x1, x2, n, h, part, bpart);
+    } else {
+      wgrad_small8_f64(g, grad, x1, x2, n, h, part, bpart);
+    }
+    return;
+  }
   if constexpr (std::is_same_v<T, float>) {
     if (cpu::chosen_path() == cpu::Path::kAvx512)
       wgrad12_f32(g, grad, x1, x2, n, h, part, bpart);

@@ -125,10 +125,11 @@ class SCINetwork(EnhancementModel):
         input converted once; the illumination and stage input handed to the loss in NCHW, the layout
         its ops read); each BatchNorm + ReLU runs as one op in training on the CPU
         (``lowlight_fast.ops.batch_norm_relu``: float64 sums, closer to a float64 run than ATen's
-        channels-last batch norm), the 16-to-16 channel convolutions take their weight gradients from
-        ``conv3x3_nhwc_weight_grad``; other ReLUs and Sigmoids run in place on the convolution or
-        BatchNorm output they follow (whose backward does not read it); the last stage's self-calibration (whose output no loss term
-        reads) runs without recording gradients and without its out_conv, for its BatchNorm running
+        channels-last batch norm), the 16-to-16 and the 3-output-channel convolutions take their
+        weight gradients from ``conv3x3_nhwc_weight_grad``; other ReLUs and Sigmoids run in place on
+        the convolution or BatchNorm output they follow (whose backward does not read it), and each
+        residual sum in place on its block's fused BatchNorm + ReLU output; the last stage's
+        self-calibration (whose output no loss term reads) runs without recording gradients and without its out_conv, for its BatchNorm running
         statistics only; nothing is kept for the reflectances and attention maps that the loss does
         not use. Forward hooks on the ReLU, Sigmoid and fused BatchNorm modules are not called on this path."""
         if self._criterion is None:
@@ -200,8 +201,8 @@ def _training_layout(x: torch.Tensor) -> torch.Tensor:
 class _ConvWeightGradNHWC(torch.autograd.Function):
     """``F.conv2d(x, weight, bias, padding=1)`` (oneDNN, channels-last) whose backward takes the weight
     and bias gradients from ``conv3x3_nhwc_weight_grad`` (direct channels-last sums) and only the input
-    gradient from oneDNN: oneDNN's channels-last weight gradient is the slowest part of a 16-to-16
-    channel layer's backward, most of all on AVX2 (benchmarks/RESULTS.md)."""
+    gradient from oneDNN: oneDNN's channels-last weight gradient is the slowest part of the backward of
+    SCI's 16-to-16 and 16- or 3-to-3 channel layers, most of all on AVX2 (benchmarks/RESULTS.md)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
@@ -223,14 +224,15 @@ class _ConvWeightGradNHWC(torch.autograd.Function):
 
 
 def _conv(m: nn.Conv2d, fea: torch.Tensor) -> torch.Tensor:
-    """``m(fea)``; in training on the CPU, for a 3x3 layer of at least 16 input and 16 output channels
-    on a channels-last input, through :class:`_ConvWeightGradNHWC` (for fewer channels oneDNN's
-    weight gradient is as fast or faster)."""
+    """``m(fea)``; in training on the CPU, for a 3x3 layer of at least 16 input and 16 output channels,
+    or of at most 4 output channels, on a channels-last input, through :class:`_ConvWeightGradNHWC`
+    (for 3 input and 16 output channels oneDNN's weight gradient is faster: benchmarks/RESULTS.md)."""
     from lowlight_fast.ops import conv3x3
 
     plain = (m.kernel_size == (3, 3) and m.stride == (1, 1) and m.padding == (1, 1) and m.dilation == (1, 1)
              and m.groups == 1 and m.padding_mode == "zeros")
-    if (plain and m.in_channels >= 16 and m.out_channels >= 16 and torch.is_grad_enabled()
+    ours_faster = (m.in_channels >= 16 and m.out_channels >= 16) or m.out_channels <= 4
+    if (plain and ours_faster and torch.is_grad_enabled()
             and fea.is_contiguous(memory_format=torch.channels_last)
             and conv3x3._compiled_ok(fea, None, m.weight, m.bias)):
         return _ConvWeightGradNHWC.apply(fea, m.weight, m.bias)
@@ -265,11 +267,27 @@ def _run(seq: nn.Sequential, fea: torch.Tensor) -> torch.Tensor:
     return fea
 
 
+def _residual(block: nn.Sequential, fea: torch.Tensor) -> torch.Tensor:
+    """``fea + block(fea)`` through :func:`_run`; the sum written over the block's output when that
+    output came from the fused BatchNorm + ReLU (which no autograd node keeps) or gradients are off:
+    one image-sized buffer fewer per residual."""
+    from lowlight_fast.ops.batch_norm_relu import fuses
+
+    modules = list(block)
+    owned = not torch.is_grad_enabled()
+    if not owned and len(modules) >= 2 and type(modules[-2]) is nn.BatchNorm2d and type(modules[-1]) is nn.ReLU:
+        owned = fuses(modules[-2], fea)  # the BatchNorm's input has fea's layout, dtype and device
+    out = _run(block, fea)
+    owned = (owned and out.shape == fea.shape and out.dtype == fea.dtype and not out._is_view()
+             and out.untyped_storage().data_ptr() != fea.untyped_storage().data_ptr())
+    return out.add_(fea) if owned else fea + out
+
+
 def _enhance_forward(m: EnhanceNetwork, input: torch.Tensor) -> torch.Tensor:
     """``EnhanceNetwork.forward`` through :func:`_run`."""
     fea = _run(m.in_conv, input)
     for block in m.blocks:
-        fea = fea + _run(block, fea)
+        fea = _residual(block, fea)
     return torch.clamp(_run(m.out_conv, fea) + input, 0.0001, 1)
 
 
@@ -277,7 +295,7 @@ def _calibrate_features(m: CalibrateNetwork, input: torch.Tensor) -> torch.Tenso
     """``CalibrateNetwork``'s features before out_conv, through :func:`_run`."""
     fea = _run(m.in_conv, input)
     for block in m.blocks:
-        fea = fea + _run(block, fea)
+        fea = _residual(block, fea)
     return fea
 
 

@@ -89,13 +89,19 @@ def reference(x, weight, bias, running_mean=None, running_var=None, momentum=0.1
     return F.relu(F.batch_norm(x, running_mean, running_var, weight, bias, True, momentum, eps))
 
 
+def fuses(bn: torch.nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> bool:
+    """True when :func:`batch_norm_relu_module` runs the fused op on ``x`` (whose output no autograd
+    node keeps: the op saves its input and recomputes the ReLU's mask)."""
+    batch_stats = bn.training or bn.running_mean is None
+    return bool(batch_stats and bn.affine and _compiled_ok(x, bn.weight, bn.bias))
+
+
 def batch_norm_relu_module(bn: torch.nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
     """``relu(bn(x))`` for a BatchNorm module, with the module's own bookkeeping (num_batches_tracked,
     momentum None as a cumulative average, track_running_stats): the fused op where it runs and the
     module normalises with batch statistics (training, or no running statistics), else ``bn`` then an
     in-place ReLU."""
-    batch_stats = bn.training or bn.running_mean is None
-    if not (batch_stats and bn.affine and _compiled_ok(x, bn.weight, bn.bias)):
+    if not fuses(bn, x):
         return torch.relu_(bn(x))
     bn._check_input_dim(x)
     factor = 0.0 if bn.momentum is None else bn.momentum

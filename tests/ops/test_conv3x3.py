@@ -170,8 +170,13 @@ def test_zerodce_enhance_image_runs_the_op_and_matches_the_plain_trunk():
 # ---- the weight and bias gradients (conv3x3_nhwc_weight_grad) ----
 
 # cases above plus Zero-DCE's layers at a size of several chunks and row segments (wider than a
-# segment, a partial last chunk), and the 3-to-32 first layer
-WGRAD_CASES = CASES + [(1, 32, 32, 32, 37, 301), (2, 3, 0, 32, 9, 11), (1, 32, 0, 24, 129, 130)]
+# segment, a partial last chunk), and the 3-to-32 first layer; then up to 4 output channels from one
+# input (the kernel whose vectors run along x's taps and channels): SCI's 16-to-3 and 3-to-3 layers
+# over several segments and chunks, runs of 15 (a vector and an overlapping tail) and 6 (shorter
+# than a vector), widths 1 and 2 (no inner pixels), and float64
+WGRAD_CASES = CASES + [(1, 32, 32, 32, 37, 301), (2, 3, 0, 32, 9, 11), (1, 32, 0, 24, 129, 130),
+                       (1, 16, 0, 3, 37, 301), (2, 3, 0, 3, 9, 11), (1, 5, 0, 3, 3, 40), (2, 2, 0, 2, 5, 1),
+                       (1, 1, 0, 1, 4, 2), (1, 7, 0, 4, 6, 9), (1, 16, 0, 1, 3, 3)]
 
 
 def _wgrad_op():

@@ -90,6 +90,20 @@ tw = torch.tanh(torch.nn.functional.conv2d(torch.cat([ca, cb], 1), cw, cbias, 1,
 errors["conv3x3_nhwc"] = max(err(OPS.conv3x3_nhwc(ca.float(), cb.float(), cw.float(), cbias.float(), 1), want),
                              err(OPS.conv3x3_nhwc(ca.float(), cb.float(), cw.float(), cbias.float(), 2), tw),
                              err(OPS.conv3x3_nhwc(ca, cb, cw, cbias, 1), want) * 1e6)
+# conv3x3_nhwc_weight_grad: the general kernel (21 channels from two inputs to 7) and the one for a
+# few output channels (16 to 3: vectors of 32 and 16 along x's taps; 3 to 3: a vector and an
+# overlapping tail), float32
+wg = 0.0
+for gx_, gx2_, go in [(torch.cat([ca, cb], 1), None, 7), (ca, cb, 7), (ca, None, 3), (ca[:, :3], None, 3)]:
+    gg = torch.randn(2, go, 9, 13, dtype=torch.float64)
+    cin = gx_.shape[1] + (gx2_.shape[1] if gx2_ is not None else 0)
+    full = gx_ if gx2_ is None else torch.cat([gx_, gx2_], 1)
+    want_w, want_b = torch.ops.aten.convolution_backward(
+        gg, full, torch.zeros(go, cin, 3, 3, dtype=torch.float64), [go], [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+        [False, True, True])[1:]
+    got_w, got_b = OPS.conv3x3_nhwc_weight_grad(gg.float(), gx_.float(), None if gx2_ is None else gx2_.float())
+    wg = max(wg, err(got_w, want_w), err(got_b, want_b))
+errors["conv3x3_nhwc_weight_grad"] = wg
 # batch_norm_relu_nhwc: 3 channels (blocks of 48 elements) over two chunks of the sums, 16 channels
 # with a tail; forward and backward, float32
 bnr = 0.0
