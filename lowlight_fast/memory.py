@@ -16,7 +16,7 @@ process (:func:`release_cached_memory` gives them back). The allocator is the co
 ``lowlight_fast._runtime`` (csrc/runtime), apart from the kernels of ``lowlight_fast._C``.
 
 Apart from it, and always on unless ``LOWLIGHT_FAST_OUTPUT_POOL=0``: the **output pool** of lowlight_fast's
-own CPU kernels (csrc/cpu/alloc.h). Their big outputs (4 MiB or more: enhanced images, curve and loss
+own CPU kernels (csrc/cpu/alloc.h). Their big outputs (4 MiB or more: enhanced images, convolutions, curve and loss
 gradients) are taken from a small pool of the blocks that earlier outputs of theirs left behind, so an
 output of a size seen before is written without page faults. It holds at most 1 GiB (or an eighth of the
 physical memory, if less) of freed blocks, oldest given back first; it stands aside while any other CPU

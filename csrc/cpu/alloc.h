@@ -1,4 +1,4 @@
-// Outputs of the CPU kernels that are written in one go (gradients, enhanced images).
+// Outputs of the CPU kernels that are written in one go (gradients, enhanced images, convolutions).
 //
 // A large CPU tensor is fresh memory from the system (glibc mmaps blocks above 32 MiB and most above
 // 128 KiB), and its first write costs a page fault per 4 KiB page, far more than writing pages that are

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "common/smooth_loss.h"
+#include "cpu/alloc.h"
 #include "cpu/dispatch.h"
 #include "cpu/simd.h"
 
@@ -729,7 +730,8 @@ Tensor conv3x3_nhwc_cpu(const Tensor& x, const std::optional<Tensor>& x2_opt, co
   TORCH_CHECK(cout > 0 && c1 > 0, "conv3x3_nhwc: channels must not be empty");
   const auto cl = at::MemoryFormat::ChannelsLast;
   const int64_t batch = x.size(0), height = x.size(2), width = x.size(3);
-  Tensor y = at::empty({batch, cout, height, width}, x.options().memory_format(cl));
+  // channels-last (N, C, H, W), written in full: from the output pool when big (cpu/alloc.h)
+  Tensor y = empty_output({batch, height, width, cout}, x.options()).permute({0, 3, 1, 2});
   if (y.numel() == 0) return y;
   Tensor x1c = x.contiguous(cl);
   Tensor x2c = x2.defined() ? x2.contiguous(cl) : Tensor();

@@ -78,6 +78,26 @@ for k in range(4):  # outputs of 4.5, 6.75, 9, 11.25 MiB (blocks of 6, 8, 10, 12
 print(json.dumps(sizes))
 """
 
+_CONV = _PRELUDE + r"""
+import lowlight_fast.ops.conv3x3  # noqa: F401 (loads the kernel)
+out = {}
+w, b = torch.randn(16, 16, 3, 3) / 12, torch.randn(16)
+def conv():  # a 16-to-16 channel output of 4.8 MiB
+    x = torch.randn(1, 16, 260, 300).contiguous(memory_format=torch.channels_last)
+    y = OPS.conv3x3_nhwc(x, None, w, b, 1)
+    want = torch.nn.functional.conv2d(x.double(), w.double(), b.double(), padding=1).relu()
+    torch.testing.assert_close(y.double(), want, rtol=1e-4, atol=1e-4)
+    return y
+y = conv()
+out["channels_last"] = y.is_contiguous(memory_format=torch.channels_last) and y.shape == (1, 16, 260, 300)
+ptr, before = y.data_ptr(), memory.output_pool_stats()
+del y
+y = conv()  # the same block again, holding the first output's values
+out["same_block"] = y.data_ptr() == ptr
+out["hits"] = memory.output_pool_stats()["hits"] - before["hits"]
+print(json.dumps(out))
+"""
+
 _ASIDE = _PRELUDE + r"""
 on = memory.keep_freed_memory(256 * 2**20)  # another CPU allocator in place: the pool stands aside
 x, r = inputs()
@@ -131,3 +151,9 @@ def test_pool_stands_aside_under_another_allocator():
     if not out["caching_allocator"]:
         pytest.skip("the caching CPU allocator could not be installed here")
     assert out["pool"]["misses"] == 0 and out["pool"]["hits"] == 0
+
+
+def test_convolution_outputs_come_from_the_pool():
+    """conv3x3_nhwc's channels-last output is a pooled block too: reused when freed, right on dirty memory."""
+    out = _run(_CONV)
+    assert out["channels_last"] and out["same_block"] and out["hits"] == 1
