@@ -1,7 +1,8 @@
 // conv3x3_nhwc: a 3x3 convolution (stride 1, zero padding 1) of channels-last images by Winograd's
 // minimal filtering F(4x4, 3x3), with bias, optional ReLU, and an input that may be the channel
 // concatenation of two tensors (read in place: Zero-DCE's layers 5-7 read cat(a, b)); the activation
-// (none, ReLU, tanh) is applied as each result is written.
+// (none, ReLU, tanh) is applied as each result is written. For up to 4 input channels from one tensor
+// it sums directly instead (run_direct below).
 //
 //   y[n, h, w, o] = act(bias[o] + sum_{c, i, j} x[n, h+i-1, w+j-1, c] weight[o, c, i, j])
 //
@@ -23,6 +24,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "common/smooth_loss.h"
@@ -402,6 +404,114 @@ void run(const Geometry& g, const Tensor& x1, const Tensor& x2, const Tensor& u,
   });
 }
 
+// ---- few input channels: a direct convolution ----------------------------------------------------
+//
+// With 3 input channels (the first layer of Zero-DCE and SCI's 3-channel layers) Winograd's products
+// have a 3-long inner dimension and its transforms cost more than they save. Direct sums instead: an
+// output pixel is bias + the 9 taps x Cin input values, each broadcast against a vector of weights
+// along the output channels; kP pixels at a time (independent sums). The three input rows an output
+// row reads are copied with a zero pixel either side (and zero rows above and below the image), so
+// the sums have no bounds tests.
+
+constexpr int64_t kSmallCin = 4;  // input channels up to which conv3x3_nhwc sums directly
+
+template <typename T, int kP, int kO, int kAct>
+LOWLIGHT_FAST_INLINE void direct_tile(const T* pad, int64_t prow, int64_t cin, const T* wt, const T* bias,
+                                      int64_t cout, int64_t o0, int64_t no, int64_t p, T* yrow) {
+  constexpr int64_t kA = kO > 0 ? kO : 8;
+  const int64_t n = kO > 0 ? kO : no;
+  T acc[kP][kA];
+  for (int u = 0; u < kP; ++u) {
+    LOWLIGHT_FAST_SIMD
+    for (int64_t j = 0; j < kA; ++j) acc[u][j] = T(0);
+  }
+  for (int i = 0; i < 3; ++i) {
+    const T* r = pad + i * prow + p * cin;  // padded column p + j is image column p + j - 1
+    for (int64_t k = 0; k < 3 * cin; ++k) {  // k = j * cin + c: consecutive in the padded row
+      const T* wv = wt + (i * 3 * cin + k) * cout + o0;
+      for (int u = 0; u < kP; ++u) {
+        const T a = r[u * cin + k];
+        LOWLIGHT_FAST_SIMD
+        for (int64_t j = 0; j < n; ++j) acc[u][j] += a * wv[j];
+      }
+    }
+  }
+  for (int u = 0; u < kP; ++u) store_outputs<T, kAct>(acc[u], bias + o0, n, yrow + (p + u) * cout + o0);
+}
+
+template <typename T, int kP, int kO, int kAct>
+LOWLIGHT_FAST_INLINE void direct_row_act(const T* pad, int64_t prow, int64_t cin, const T* wt, const T* bias,
+                                         int64_t cout, int64_t width, T* yrow) {
+  int64_t o0 = 0;
+  for (; o0 + kO <= cout; o0 += kO) {
+    int64_t p = 0;
+    for (; p + kP <= width; p += kP) direct_tile<T, kP, kO, kAct>(pad, prow, cin, wt, bias, cout, o0, kO, p, yrow);
+    for (; p < width; ++p) direct_tile<T, 1, kO, kAct>(pad, prow, cin, wt, bias, cout, o0, kO, p, yrow);
+  }
+  for (; o0 < cout; o0 += 8) {
+    const int64_t no = std::min<int64_t>(8, cout - o0);
+    int64_t p = 0;
+    for (; p + kP <= width; p += kP) direct_tile<T, kP, 0, kAct>(pad, prow, cin, wt, bias, cout, o0, no, p, yrow);
+    for (; p < width; ++p) direct_tile<T, 1, 0, kAct>(pad, prow, cin, wt, bias, cout, o0, no, p, yrow);
+  }
+}
+
+// Output row h of image n. pad: 3 x prow scratch values, prow = (width + 2) * cin.
+template <typename T, int kP, int kO>
+LOWLIGHT_FAST_INLINE void direct_row(const Geometry* g, const T* x, const T* wt, const T* bias, int64_t n, int64_t h,
+                                     T* pad, T* y) {
+  const int64_t width = g->width, cin = g->c1, cout = g->cout, prow = (width + 2) * cin;
+  for (int i = 0; i < 3; ++i) {
+    T* r = pad + i * prow;
+    const int64_t hh = h + i - 1;
+    for (int64_t c = 0; c < cin; ++c) r[c] = r[prow - cin + c] = T(0);
+    if (hh < 0 || hh >= g->height) {
+      for (int64_t k = cin; k < prow - cin; ++k) r[k] = T(0);
+    } else {
+      std::memcpy(r + cin, x + (n * g->height + hh) * width * cin, sizeof(T) * width * cin);
+    }
+  }
+  T* yrow = y + (n * g->height + h) * width * cout;
+  if (g->activation == kTanh)
+    direct_row_act<T, kP, kO, kTanh>(pad, prow, cin, wt, bias, cout, width, yrow);
+  else if (g->activation == kRelu)
+    direct_row_act<T, kP, kO, kRelu>(pad, prow, cin, wt, bias, cout, width, yrow);
+  else
+    direct_row_act<T, kP, kO, kNone>(pad, prow, cin, wt, bias, cout, width, yrow);
+}
+
+#define LLF_DIRECT(T, P, O) direct_row<T, P, O>
+LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", direct32_f32, LLF_DIRECT(float, 6, 32))
+LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", direct16_f32, LLF_DIRECT(float, 6, 16))
+LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", direct8_f64, LLF_DIRECT(double, 6, 8))
+#undef LLF_DIRECT
+
+template <typename T>
+void run_direct(const Geometry& g, const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& y,
+                int64_t batch) {
+  // weights as wt[(i * 3 + j) * cin + c][o]
+  const Tensor wt = weight.permute({2, 3, 1, 0}).contiguous();
+  const T* xp = x.data_ptr<T>();
+  const T* wp = wt.data_ptr<T>();
+  const T* bp = bias.data_ptr<T>();
+  T* yp = y.data_ptr<T>();
+  const bool wide = g.cout >= 32 && cpu::chosen_path() == cpu::Path::kAvx512;
+  at::parallel_for(0, batch * g.height, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<T> pad(3 * (g.width + 2) * g.c1);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / g.height, h = r % g.height;
+      if constexpr (std::is_same_v<T, float>) {
+        if (wide)
+          direct32_f32(&g, xp, wp, bp, n, h, pad.data(), yp);
+        else
+          direct16_f32(&g, xp, wp, bp, n, h, pad.data(), yp);
+      } else {
+        direct8_f64(&g, xp, wp, bp, n, h, pad.data(), yp);
+      }
+    }
+  });
+}
+
 // ---- the weight and bias gradients ---------------------------------------------------------------
 //
 //   dw[o, c, i, j] = sum_{n, h, w} g[n, h, w, o] x[n, h+i-1, w+j-1, c],   db[o] = sum g[n, h, w, o]
@@ -748,6 +858,13 @@ Tensor conv3x3_nhwc_cpu(const Tensor& x, const std::optional<Tensor>& x2_opt, co
   TORCH_CHECK(activation >= kNone && activation <= kTanh,
               "conv3x3_nhwc: activation must be 0 (none), 1 (ReLU) or 2 (tanh), got ", activation);
   g.activation = int(activation);
+  if (c2 == 0 && c1 <= kSmallCin) {  // direct sums (few input channels)
+    if (x.scalar_type() == at::kFloat)
+      run_direct<float>(g, x1c, weight, bias, y, batch);
+    else
+      run_direct<double>(g, x1c, weight, bias, y, batch);
+    return y;
+  }
   if (x.scalar_type() == at::kFloat) {
     run<float>(g, x1c, x2c, transform_weight<float>(weight), bias, y, batch);
   } else {

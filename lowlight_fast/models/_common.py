@@ -95,14 +95,16 @@ def dce_trunk_winograd(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """:func:`dce_trunk` for inference without gradients, on the CPU: layers 2-7 (32 and 64 input
     channels) by :func:`lowlight_fast.ops.conv3x3.conv3x3` (Winograd F(4x4, 3x3); the skip layers'
     concatenations read in place; ReLU, and layer 7's tanh, applied as each result is written);
-    layer 1 (3 input channels: Winograd does not pay) by oneDNN, channels-last. Returns the curve
-    maps, tanh(:func:`dce_trunk`), up to float32 rounding (benchmarks/RESULTS.md)."""
+    layer 1 by the same op, which sums directly for its 3 input channels (Winograd does not pay
+    there; as fast as oneDNN's, and its output, like every big output of the op, comes from the
+    output pool). Returns the curve maps, tanh(:func:`dce_trunk`), up to float32 rounding
+    (benchmarks/RESULTS.md)."""
     from lowlight_fast.ops.conv3x3 import conv3x3
 
     def layer(conv, a, b=None, activation="relu"):
         return conv3x3(a, conv.weight, conv.bias, x2=b, activation=activation)
 
-    x1 = F.relu(m.e_conv1(inference_layout(x)), inplace=True)
+    x1 = layer(m.e_conv1, inference_layout(x))
     x2 = layer(m.e_conv2, x1)
     x3 = layer(m.e_conv3, x2)
     x4 = layer(m.e_conv4, x3)

@@ -18,8 +18,8 @@ autograd over the plain trunk (``_common.dce_trunk``), and the same values and g
   peak the backward holds six 32-channel maps (activations and gradients together) besides the
   gradient of r. Recomputing a4 (read only by layer 5) was considered: it lowers the layers 7-6
   part of the backward but not layer 5's, where the four gradient maps and a4 itself are live anyway.
-  On the CPU (float32/float64, :data:`WINOGRAD` true, backend auto or cpp) layers 2-7 run on our
-  ``conv3x3_nhwc`` (Winograd F(4x4, 3x3), channels-last activations, the skip layers' two inputs
+  On the CPU (float32/float64, :data:`WINOGRAD` true, backend auto or cpp) all seven layers run on
+  our ``conv3x3_nhwc`` (Winograd F(4x4, 3x3); layer 1 by its direct sums; channels-last activations, the skip layers' two inputs
   read in place, ReLU in the kernel), their input gradients on the same op with the flipped weights
   (in pieces only where added into a gradient that exists), and all weight and bias gradients on
   ``conv3x3_nhwc_weight_grad`` (direct channels-last sums, no temporaries of the image's size): the
@@ -266,7 +266,7 @@ def _conv3x3_op(x, x2, w, b, activation):
 
 
 def _winograd_ok(x, params) -> bool:
-    """Whether Zero-DCE's node runs layers 2-7 and their input gradients on ``conv3x3_nhwc`` (the CPU,
+    """Whether Zero-DCE's node runs its layers and their input gradients on ``conv3x3_nhwc`` (the CPU,
     float32/float64, backend auto or cpp, :data:`WINOGRAD` true; else oneDNN's NCHW convolutions)."""
     if x.device.type != "cpu" or not WINOGRAD:
         return False
@@ -276,9 +276,10 @@ def _winograd_ok(x, params) -> bool:
 
 
 def _first_layer(x, w, b, winograd):
-    """Layer 1 (3 input channels: oneDNN's), channels-last when the others are Winograd's."""
+    """Layer 1 with its ReLU: with the others on ``conv3x3_nhwc``, on it too (channels-last; for 3 input
+    channels the op sums directly, and its output comes from the output pool), else oneDNN's."""
     if winograd:
-        x = x.contiguous(memory_format=torch.channels_last)
+        return _conv3x3_op(x.contiguous(memory_format=torch.channels_last), None, w, b, 1)
     return F.conv2d(x, w, b, 1, 1).relu_()
 
 
@@ -286,7 +287,7 @@ class ZeroDCETrunk(torch.autograd.Function):
     """``trunk(x)`` of Zero-DCE before tanh: x (B, 3, H, W) and the 14 parameters ``e_conv1.weight``,
     ``e_conv1.bias``, ..., ``e_conv7.bias`` in that order; returns conv7's output (B, 24, H, W).
 
-    On the CPU (:func:`_winograd_ok`) layers 2-7 run on ``conv3x3_nhwc`` (Winograd F(4x4, 3x3), the
+    On the CPU (:func:`_winograd_ok`) the layers run on ``conv3x3_nhwc`` (Winograd F(4x4, 3x3), the
     skip layers' two inputs read in place, ReLU in the kernel) with channels-last activations, and so
     do their input gradients in the backward (the same op with flipped weights), the weight and bias
     gradients on ``conv3x3_nhwc_weight_grad``. The output is NCHW, as elsewhere."""

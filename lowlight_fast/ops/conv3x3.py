@@ -79,7 +79,8 @@ def conv3x3(
     """``conv2d(cat([x, x2], 1), weight, bias, stride=1, padding=1)``, then ``activation``: "none",
     "relu" or "tanh".
 
-    On the CPU (float32/float64) the Winograd kernel runs and the result is channels-last; elsewhere,
+    On the CPU (float32/float64) the Winograd kernel runs (direct sums for up to 4 input channels from
+    one tensor) and the result is channels-last; elsewhere,
     or with ``LOWLIGHT_FAST_BACKEND=reference`` or ``triton``, ``F.conv2d`` of the concatenation.
     """
     if activation not in ACTIVATIONS:

@@ -286,8 +286,9 @@ def test_zerodce_pieces_and_frozen_parameters_equal_the_plain_trunk(dtype, chunk
 
 @pytest.mark.parametrize("winograd", [True, False], ids=["winograd", "onednn"])
 def test_the_zerodce_node_runs_winograd_layers_on_the_cpu(winograd, monkeypatch):
-    """Layers 2-7 and their backward on conv3x3_nhwc and its weight gradient (checked with the profiler),
-    and none of them with WINOGRAD off or under the reference backend."""
+    """All seven layers (layer 1 by the op's direct sums) and their backward on conv3x3_nhwc and its
+    weight gradient (checked with the profiler), and none of them with WINOGRAD off or under the
+    reference backend."""
     monkeypatch.setattr(lean_trunk, "WINOGRAD", winograd)
     m = ZeroDCE()
     x = torch.rand(2, 3, 12, 10)
@@ -300,9 +301,9 @@ def test_the_zerodce_node_runs_winograd_layers_on_the_cpu(winograd, monkeypatch)
         assert out.is_contiguous()  # NCHW out, whatever runs inside
         return names.count("lowlight_fast::conv3x3_nhwc"), names.count("lowlight_fast::conv3x3_nhwc_weight_grad")
 
-    # forward: layers 2-7; backward: the input gradients of 9 parts (a1..a6, layer 7's a1 skip, the
-    # 2 other skips) and the weight gradients of 10 parts (layer 1 too)
-    assert counts() == ((6 + 9, 10) if winograd else (0, 0))
+    # forward: layers 1-7; backward: layer 1 again (a1, recomputed), the input gradients of 9 parts
+    # (a1..a6, layer 7's a1 skip, the 2 other skips) and the weight gradients of 10 parts (layer 1 too)
+    assert counts() == ((7 + 1 + 9, 10) if winograd else (0, 0))
     with use_backend("reference"):
         assert counts() == (0, 0)
 

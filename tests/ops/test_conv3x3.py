@@ -13,6 +13,9 @@ OP = "conv3x3_nhwc"
 # edges, odd sizes (half tiles), channel counts with and without a 16-channel tail, Zero-DCE's layers
 CASES = [(2, 32, 0, 32, 7, 9), (1, 32, 32, 24, 10, 5), (1, 5, 3, 7, 1, 1), (3, 3, 0, 4, 2, 3),
          (1, 17, 0, 33, 1, 6), (2, 16, 16, 8, 6, 1), (1, 1, 1, 1, 3, 3)]
+# up to 4 input channels from one tensor: direct sums (Zero-DCE's 3-to-32 first layer, SCI's 3-to-16
+# and 3-to-3; output-channel blocks of 32/16 with an 8-wide tail, pixel runs with a tail, 1x1 images)
+CASES += [(2, 3, 0, 32, 7, 9), (1, 3, 0, 16, 5, 13), (1, 1, 0, 3, 1, 1), (1, 4, 0, 24, 6, 7), (1, 2, 0, 40, 3, 8)]
 
 
 def _op():
@@ -148,7 +151,7 @@ def test_op_rejects_integer_and_mixed_dtypes():
 
 
 def test_zerodce_enhance_image_runs_the_op_and_matches_the_plain_trunk():
-    """The released weights on a bundled photo: the Winograd trunk (counted by the profiler) gives the
+    """The released weights on a bundled photo: the trunk on conv3x3_nhwc (counted by the profiler) gives the
     plain trunk's image within float32 rounding."""
     _op()
     from safetensors.torch import load_file
@@ -162,7 +165,7 @@ def test_zerodce_enhance_image_runs_the_op_and_matches_the_plain_trunk():
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         got = model.enhance_image(x)
     calls = sum(e.count for e in prof.key_averages() if e.key == "lowlight_fast::conv3x3_nhwc")
-    assert calls == 6  # layers 2-7
+    assert calls == 7  # all seven layers (layer 1: direct sums for its 3 input channels)
     want = plain.enhance_image(x)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 

@@ -87,9 +87,15 @@ ca, cb = torch.randn(2, 16, 9, 13, dtype=torch.float64), torch.randn(2, 5, 9, 13
 cw, cbias = torch.randn(7, 21, 3, 3, dtype=torch.float64) / 9, torch.randn(7, dtype=torch.float64)
 want = torch.nn.functional.conv2d(torch.cat([ca, cb], 1), cw, cbias, 1, 1).relu()
 tw = torch.tanh(torch.nn.functional.conv2d(torch.cat([ca, cb], 1), cw, cbias, 1, 1))
+# and 3 input channels (direct sums) to 40 (blocks of 32 or 16 and a tail)
+dw_, db_ = torch.randn(40, 3, 3, 3, dtype=torch.float64) / 5, torch.randn(40, dtype=torch.float64)
+dwant = torch.nn.functional.conv2d(ca[:, :3], dw_, db_, 1, 1)
 errors["conv3x3_nhwc"] = max(err(OPS.conv3x3_nhwc(ca.float(), cb.float(), cw.float(), cbias.float(), 1), want),
                              err(OPS.conv3x3_nhwc(ca.float(), cb.float(), cw.float(), cbias.float(), 2), tw),
-                             err(OPS.conv3x3_nhwc(ca, cb, cw, cbias, 1), want) * 1e6)
+                             err(OPS.conv3x3_nhwc(ca, cb, cw, cbias, 1), want) * 1e6,
+                             err(OPS.conv3x3_nhwc(ca[:, :3].float(), None, dw_.float(), db_.float(), 0), dwant),
+                             err(OPS.conv3x3_nhwc(ca[:, :3].float(), None, dw_.float(), db_.float(), 2),
+                                 torch.tanh(dwant)))
 # conv3x3_nhwc_weight_grad: the general kernel (21 channels from two inputs to 7) and the one for a
 # few output channels (16 to 3: vectors of 32 and 16 along x's taps; 3 to 3: a vector and an
 # overlapping tail), float32
