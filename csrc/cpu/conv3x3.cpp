@@ -448,20 +448,40 @@ LOWLIGHT_FAST_INLINE void direct_tile(const T* pad, int64_t prow, int64_t cin, c
   for (int u = 0; u < kP; ++u) store_outputs<T, kAct>(acc[u], bias + o0, n, yrow + (p + u) * cout + o0);
 }
 
+// Output channels [base, base + span) of one row: blocks of kO; for kO >= 8 the rest in blocks of 8 and
+// a last 1-7 channels whose count is fixed at compile time (a run-time count left the sums on the
+// stack). cout: the row's channel count (the stride of y and wt).
 template <typename T, int kP, int kO, int kAct>
 LOWLIGHT_FAST_INLINE void direct_row_act(const T* pad, int64_t prow, int64_t cin, const T* wt, const T* bias,
-                                         int64_t cout, int64_t width, T* yrow) {
-  int64_t o0 = 0;
-  for (; o0 + kO <= cout; o0 += kO) {
+                                         int64_t span, int64_t width, T* yrow, int64_t base, int64_t cout) {
+  int64_t o0 = base;
+  for (; o0 + kO <= base + span; o0 += kO) {
     int64_t p = 0;
     for (; p + kP <= width; p += kP) direct_tile<T, kP, kO, kAct>(pad, prow, cin, wt, bias, cout, o0, kO, p, yrow);
     for (; p < width; ++p) direct_tile<T, 1, kO, kAct>(pad, prow, cin, wt, bias, cout, o0, kO, p, yrow);
   }
-  for (; o0 < cout; o0 += 8) {
-    const int64_t no = std::min<int64_t>(8, cout - o0);
-    int64_t p = 0;
-    for (; p + kP <= width; p += kP) direct_tile<T, kP, 0, kAct>(pad, prow, cin, wt, bias, cout, o0, no, p, yrow);
-    for (; p < width; ++p) direct_tile<T, 1, 0, kAct>(pad, prow, cin, wt, bias, cout, o0, no, p, yrow);
+  if constexpr (kO >= 8) {
+    if constexpr (kO > 8) {
+      const int64_t eights = (base + span - o0) / 8 * 8;
+      if (eights > 0) direct_row_act<T, kP, 8, kAct>(pad, prow, cin, wt, bias, eights, width, yrow, o0, cout);
+      o0 += eights;
+    }
+    const int64_t rest = base + span - o0;
+#define LLF_REST(R) \
+  case R:           \
+    return direct_row_act<T, kP, R, kAct>(pad, prow, cin, wt, bias, R, width, yrow, o0, cout);
+    switch (rest) {
+      LLF_REST(1)
+      LLF_REST(2)
+      LLF_REST(3)
+      LLF_REST(4)
+      LLF_REST(5)
+      LLF_REST(6)
+      LLF_REST(7)
+      default:
+        return;
+    }
+#undef LLF_REST
   }
 }
 
@@ -482,11 +502,11 @@ LOWLIGHT_FAST_INLINE void direct_row(const Geometry* g, const T* x, const T* wt,
   }
   T* yrow = y + (n * g->height + h) * width * cout;
   if (g->activation == kTanh)
-    direct_row_act<T, kP, kO, kTanh>(pad, prow, cin, wt, bias, cout, width, yrow);
+    direct_row_act<T, kP, kO, kTanh>(pad, prow, cin, wt, bias, cout, width, yrow, 0, cout);
   else if (g->activation == kRelu)
-    direct_row_act<T, kP, kO, kRelu>(pad, prow, cin, wt, bias, cout, width, yrow);
+    direct_row_act<T, kP, kO, kRelu>(pad, prow, cin, wt, bias, cout, width, yrow, 0, cout);
   else
-    direct_row_act<T, kP, kO, kNone>(pad, prow, cin, wt, bias, cout, width, yrow);
+    direct_row_act<T, kP, kO, kNone>(pad, prow, cin, wt, bias, cout, width, yrow, 0, cout);
 }
 
 #define LLF_DIRECT(T, P, O) direct_row<T, P, O>

@@ -15,8 +15,10 @@ CASES = [(2, 32, 0, 32, 7, 9), (1, 32, 32, 24, 10, 5), (1, 5, 3, 7, 1, 1), (3, 3
          (1, 17, 0, 33, 1, 6), (2, 16, 16, 8, 6, 1), (1, 1, 1, 1, 3, 3),
          (1, 16, 8, 24, 9, 45)]  # 24 outputs over runs of 12 tiles: blocks of rows and a tail
 # up to 4 input channels from one tensor: direct sums (Zero-DCE's 3-to-32 first layer, SCI's 3-to-16
-# and 3-to-3; output-channel blocks of 32/16 with an 8-wide tail, pixel runs with a tail, 1x1 images)
-CASES += [(2, 3, 0, 32, 7, 9), (1, 3, 0, 16, 5, 13), (1, 1, 0, 3, 1, 1), (1, 4, 0, 24, 6, 7), (1, 2, 0, 40, 3, 8)]
+# and 3-to-3; output-channel blocks of 32/16, then of 8, then the last 1-7; pixel runs with a tail,
+# 1x1 images)
+CASES += [(2, 3, 0, 32, 7, 9), (1, 3, 0, 16, 5, 13), (1, 1, 0, 3, 1, 1), (1, 4, 0, 24, 6, 7), (1, 2, 0, 40, 3, 8),
+          (1, 3, 0, 13, 4, 7), (2, 4, 0, 21, 3, 13)]
 
 
 def _op():
