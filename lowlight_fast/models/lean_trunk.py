@@ -53,7 +53,7 @@ _INPUTS = ((0,), (1,), (2,), (3,), (3, 4), (2, 5), (1, 6))
 
 # Every convolution of Zero-DCE's backward runs over pieces of about this many pixels (whole images
 # while they are smaller, else bands of rows); read at each call.
-CHUNK_PIXELS = 1 << 16
+CHUNK_PIXELS = 1 << 17
 
 # Zero-DCE's node on the CPU: layers 2-7 and their input gradients on conv3x3_nhwc (Winograd); read at
 # each call (False: oneDNN's NCHW convolutions throughout, as on other devices).
