@@ -270,8 +270,15 @@ LOWLIGHT_FAST_INLINE void output_block(const Geometry* g, const T* m, const T* b
 // the same loop with fewer rows), so a pixel's value does not depend on how the image is split into
 // runs or tiles (tiled enhancement gives the whole image's pixels: tests/cli/test_tiling.py).
 // kW output channels per register block (16, 8, or the last few), R rows of tiles.
-template <typename T, int R, int kW>
+// kLanes: floats per vector register of the dispatch copy (16, 8; 0: the array loops only); a float
+// block of one or two vectors per row sums in vector registers (block_sums, the same results; with
+// three, Zero-DCE's 24 output channels on AVX2, GCC keeps block_sums' sums in memory, and the array
+// loops are faster).
+template <typename T, int R, int kW, int kLanes = 0>
 LOWLIGHT_FAST_INLINE void gemm_tile(const T* v, const T* u, T* m, int64_t cin, int64_t cout, int64_t o0, int64_t no) {
+  if constexpr (std::is_same_v<T, float> && kHasFloatVectors && kLanes > 0 && (kW == kLanes || kW == 2 * kLanes)) {
+    return block_sums<R, kW, kLanes, false>(v, cin, 1, u + o0, cout, cin, m + o0, cout);
+  }
   const int64_t n = kW > 0 ? kW : no;
   constexpr int64_t kA = kW > 0 ? kW : 8;
   T acc[R][kA];
@@ -294,17 +301,17 @@ LOWLIGHT_FAST_INLINE void gemm_tile(const T* v, const T* u, T* m, int64_t cin, i
   }
 }
 
-template <typename T, int R>
+template <typename T, int R, int kLanes>
 LOWLIGHT_FAST_INLINE void gemm_rows(const T* v, const T* u, T* m, int64_t cin, int64_t cout) {
   int64_t o0 = 0;
-  for (; o0 + 16 <= cout; o0 += 16) gemm_tile<T, R, 16>(v, u, m, cin, cout, o0, 16);
-  for (; o0 + 8 <= cout; o0 += 8) gemm_tile<T, R, 8>(v, u, m, cin, cout, o0, 8);
+  for (; o0 + 16 <= cout; o0 += 16) gemm_tile<T, R, 16, kLanes>(v, u, m, cin, cout, o0, 16);
+  for (; o0 + 8 <= cout; o0 += 8) gemm_tile<T, R, 8, kLanes == 16 ? 8 : kLanes>(v, u, m, cin, cout, o0, 8);
   if (o0 < cout) gemm_tile<T, R, 0>(v, u, m, cin, cout, o0, cout - o0);
 }
 
 // kRows: rows per register block; 12 x 16 floats fill 12 of AVX-512's 32 registers, 6 x 16 fill 12
 // of AVX2's 16 (the copy for each path is chosen in gemm_dispatch).
-template <typename T, int kRows>
+template <typename T, int kRows, int kLanes>
 LOWLIGHT_FAST_INLINE void gemm_block_run(const Geometry* g, const T* v, const T* u, int64_t ntiles, T* m) {
   const int64_t cin = g->c1 + g->c2, cout = g->cout;
   for (int k = 0; k < kPos; ++k) {
@@ -316,13 +323,14 @@ LOWLIGHT_FAST_INLINE void gemm_block_run(const Geometry* g, const T* v, const T*
       if (cout == 24) {  // Zero-DCE's layer 7: the 24 channels in one block (a 16 + 8 split leaves the
                          // 8-wide pass with half the sums for the same broadcasts)
         constexpr int kR = kRows * 2 / 3;
-        for (; t + kR <= ntiles; t += kR) gemm_tile<T, kR, 24>(vk + t * cin, uk, mk + t * cout, cin, cout, 0, 24);
-        for (; t < ntiles; ++t) gemm_tile<T, 1, 24>(vk + t * cin, uk, mk + t * cout, cin, cout, 0, 24);
+        for (; t + kR <= ntiles; t += kR)
+          gemm_tile<T, kR, 24, kLanes>(vk + t * cin, uk, mk + t * cout, cin, cout, 0, 24);
+        for (; t < ntiles; ++t) gemm_tile<T, 1, 24, kLanes>(vk + t * cin, uk, mk + t * cout, cin, cout, 0, 24);
         continue;
       }
     }
-    for (; t + kRows <= ntiles; t += kRows) gemm_rows<T, kRows>(vk + t * cin, uk, mk + t * cout, cin, cout);
-    for (; t < ntiles; ++t) gemm_rows<T, 1>(vk + t * cin, uk, mk + t * cout, cin, cout);
+    for (; t + kRows <= ntiles; t += kRows) gemm_rows<T, kRows, kLanes>(vk + t * cin, uk, mk + t * cout, cin, cout);
+    for (; t < ntiles; ++t) gemm_rows<T, 1, kLanes>(vk + t * cin, uk, mk + t * cout, cin, cout);
   }
 }
 
@@ -339,11 +347,11 @@ LOWLIGHT_FAST_INLINE void output_block_run(const Geometry* g, const T* m, const 
 
 LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", input_f32, input_block_run<float>)
 LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", output_f32, output_block_run<float>)
-#define LLF_GEMM(T, R) gemm_block_run<T, R>
-LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", gemm12_f32, LLF_GEMM(float, 12))
-LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", gemm6_f32, LLF_GEMM(float, 6))
+#define LLF_GEMM(T, R, L) gemm_block_run<T, R, L>
+LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", gemm12_f32, LLF_GEMM(float, 12, 16))
+LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", gemm6_f32, LLF_GEMM(float, 6, 8))
 LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", input_f64, input_block_run<double>)
-LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", gemm6_f64, LLF_GEMM(double, 6))
+LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", gemm6_f64, LLF_GEMM(double, 6, 0))
 #undef LLF_GEMM
 LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", output_f64, output_block_run<double>)
 
@@ -561,9 +569,13 @@ struct WGradGeometry {
 
 // part[(tap * cin + c) * cout + o] += sum over pixels p of xs[p * xstride + c] * gs[p * cout + o], for
 // c in [c0, c0 + R), o in [o0, o0 + n) (kW > 0: n = kW).
-template <typename T, int R, int kW>
+// kLanes as in gemm_tile: one or two float vectors per row sum in vector registers (block_sums).
+template <typename T, int R, int kW, int kLanes = 0>
 LOWLIGHT_FAST_INLINE void wgrad_tile(const T* gs, const T* xs, int64_t xstride, int64_t np, int64_t cout,
                                      int64_t o0, int64_t no, T* part) {
+  if constexpr (std::is_same_v<T, float> && kHasFloatVectors && kLanes > 0 && (kW == kLanes || kW == 2 * kLanes)) {
+    return block_sums<R, kW, kLanes, true>(xs, 1, xstride, gs + o0, cout, np, part + o0, cout);
+  }
   const int64_t n = kW > 0 ? kW : no;
   constexpr int64_t kA = kW > 0 ? kW : 8;
   T acc[R][kA];
@@ -587,16 +599,17 @@ LOWLIGHT_FAST_INLINE void wgrad_tile(const T* gs, const T* xs, int64_t xstride, 
   }
 }
 
-template <typename T, int R>
+template <typename T, int R, int kLanes>
 LOWLIGHT_FAST_INLINE void wgrad_rows(const T* gs, const T* xs, int64_t xstride, int64_t np, int64_t cout, T* part) {
   int64_t o0 = 0;
-  for (; o0 + 16 <= cout; o0 += 16) wgrad_tile<T, R, 16>(gs, xs, xstride, np, cout, o0, 16, part);
-  for (; o0 + 8 <= cout; o0 += 8) wgrad_tile<T, R, 8>(gs, xs, xstride, np, cout, o0, 8, part);
+  for (; o0 + 16 <= cout; o0 += 16) wgrad_tile<T, R, 16, kLanes>(gs, xs, xstride, np, cout, o0, 16, part);
+  for (; o0 + 8 <= cout; o0 += 8)
+    wgrad_tile<T, R, 8, kLanes == 16 ? 8 : kLanes>(gs, xs, xstride, np, cout, o0, 8, part);
   if (o0 < cout) wgrad_tile<T, R, 0>(gs, xs, xstride, np, cout, o0, cout - o0, part);
 }
 
 // One image row of g (image n, row h) into part (9 x cin x cout) and bias part (cout).
-template <typename T, int kRows>
+template <typename T, int kRows, int kLanes>
 LOWLIGHT_FAST_INLINE void wgrad_row_run(const WGradGeometry* g, const T* grad, const T* x1, const T* x2, int64_t n,
                                         int64_t h, T* part, T* bpart) {
   const int64_t width = g->width, cout = g->cout, cin = g->c1 + g->c2;
@@ -623,9 +636,11 @@ LOWLIGHT_FAST_INLINE void wgrad_row_run(const WGradGeometry* g, const T* grad, c
           const T* xs = xb + ((n * g->height + hh) * width + (p0 + j - 1)) * cp;
           T* tp = tap + (part_k == 0 ? 0 : g->c1) * cout;
           int64_t c = 0;
-          for (; c + kRows <= cp; c += kRows) wgrad_rows<T, kRows>(grow + p0 * cout, xs + c, cp, p1 - p0, cout, tp + c * cout);
-          for (; c + 4 <= cp; c += 4) wgrad_rows<T, 4>(grow + p0 * cout, xs + c, cp, p1 - p0, cout, tp + c * cout);
-          for (; c < cp; ++c) wgrad_rows<T, 1>(grow + p0 * cout, xs + c, cp, p1 - p0, cout, tp + c * cout);
+          for (; c + kRows <= cp; c += kRows)
+            wgrad_rows<T, kRows, kLanes>(grow + p0 * cout, xs + c, cp, p1 - p0, cout, tp + c * cout);
+          for (; c + 4 <= cp; c += 4)
+            wgrad_rows<T, 4, kLanes>(grow + p0 * cout, xs + c, cp, p1 - p0, cout, tp + c * cout);
+          for (; c < cp; ++c) wgrad_rows<T, 1, kLanes>(grow + p0 * cout, xs + c, cp, p1 - p0, cout, tp + c * cout);
         }
       }
     }
@@ -750,10 +765,10 @@ LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", wgrad_small16_f32, LLF_WGRAD_SMALL(fl
 LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", wgrad_small8_f64, LLF_WGRAD_SMALL(double, 8))
 #undef LLF_WGRAD_SMALL
 
-#define LLF_WGRAD(T, R) wgrad_row_run<T, R>
-LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", wgrad12_f32, LLF_WGRAD(float, 12))
-LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", wgrad6_f32, LLF_WGRAD(float, 6))
-LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", wgrad6_f64, LLF_WGRAD(double, 6))
+#define LLF_WGRAD(T, R, L) wgrad_row_run<T, R, L>
+LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", wgrad12_f32, LLF_WGRAD(float, 12, 16))
+LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", wgrad6_f32, LLF_WGRAD(float, 6, 8))
+LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", wgrad6_f64, LLF_WGRAD(double, 6, 0))
 #undef LLF_WGRAD
 
 template <typename T>

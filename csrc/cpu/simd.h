@@ -51,4 +51,58 @@ LOWLIGHT_FAST_INLINE void stream_copy(T* dst, const T* src, int64_t n) {
 LOWLIGHT_FAST_INLINE void stream_fence() {}
 #endif
 
+#if defined(__GNUC__)
+// Register blocks of float sums in GCC/Clang vector types, kLanes floats a vector (16: one AVX-512
+// register, 8: one AVX2 register; each dispatch copy compiles them for its instruction set). The same
+// sums written as arrays with `omp simd` loops left GCC's AVX2 and AVX-512 copies zeroing the array
+// on the stack and copying it out after every block (benchmarks/RESULTS.md).
+constexpr bool kHasFloatVectors = true;
+template <int kLanes>
+struct FloatVec;
+template <>
+struct FloatVec<8> {
+  typedef float type __attribute__((vector_size(32)));
+};
+template <>
+struct FloatVec<16> {
+  typedef float type __attribute__((vector_size(64)));
+};
+
+// out[r * out_row + j] (=, or += when kAdd) sum_{k < n} a[r * a_row + k * a_step] * b[k * b_step + j]
+// for r < R, j < kW (kW a multiple of kLanes): each sum over k in increasing order, one multiply-add
+// a step (as the array loops it replaces, whose results it equals).
+template <int R, int kW, int kLanes, bool kAdd>
+LOWLIGHT_FAST_INLINE void block_sums(const float* a, int64_t a_row, int64_t a_step, const float* b, int64_t b_step,
+                                     int64_t n, float* out, int64_t out_row) {
+  using V = typename FloatVec<kLanes>::type;
+  static_assert(kW % kLanes == 0, "block_sums: kW must be a multiple of kLanes");
+  constexpr int kV = kW / kLanes;
+  V acc[R][kV];
+  for (int r = 0; r < R; ++r)
+    for (int q = 0; q < kV; ++q) acc[r][q] = V{};
+  for (int64_t k = 0; k < n; ++k) {
+    V w[kV];
+    for (int q = 0; q < kV; ++q) __builtin_memcpy(&w[q], b + k * b_step + q * kLanes, sizeof(V));
+    for (int r = 0; r < R; ++r) {
+      const float s = a[r * a_row + k * a_step];
+      for (int q = 0; q < kV; ++q) acc[r][q] += s * w[q];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int q = 0; q < kV; ++q) {
+      float* d = out + r * out_row + q * kLanes;
+      if constexpr (kAdd) {
+        V o;
+        __builtin_memcpy(&o, d, sizeof(V));
+        o += acc[r][q];
+        __builtin_memcpy(d, &o, sizeof(V));
+      } else {
+        __builtin_memcpy(d, &acc[r][q], sizeof(V));
+      }
+    }
+}
+#else
+constexpr bool kHasFloatVectors = false;
+#endif
+
 }  // namespace lowlight_fast
