@@ -432,9 +432,46 @@ void run(const Geometry& g, const Tensor& x1, const Tensor& x2, const Tensor& u,
 
 constexpr int64_t kSmallCin = 4;  // input channels up to which conv3x3_nhwc sums directly
 
-template <typename T, int kP, int kO, int kAct>
+// kLanes as in gemm_tile: for one or two float vectors of outputs the sums are vector registers.
+template <typename T, int kP, int kO, int kAct, int kLanes = 0>
 LOWLIGHT_FAST_INLINE void direct_tile(const T* pad, int64_t prow, int64_t cin, const T* wt, const T* bias,
                                       int64_t cout, int64_t o0, int64_t no, int64_t p, T* yrow) {
+  if constexpr (std::is_same_v<T, float> && kHasFloatVectors && kLanes > 0 && (kO == kLanes || kO == 2 * kLanes)) {
+    using V = typename FloatVec<kLanes>::type;
+    constexpr int kV = kO / kLanes;
+    V acc[kP][kV];
+    for (int u = 0; u < kP; ++u)
+      for (int q = 0; q < kV; ++q) acc[u][q] = V{};
+    for (int i = 0; i < 3; ++i) {
+      const T* r = pad + i * prow + p * cin;
+      const T* wi = wt + i * 3 * cin * cout + o0;
+      for (int64_t k = 0; k < 3 * cin; ++k) {
+        V w[kV];
+        for (int q = 0; q < kV; ++q) __builtin_memcpy(&w[q], wi + k * cout + q * kLanes, sizeof(V));
+        for (int u = 0; u < kP; ++u) {
+          const T a = r[u * cin + k];
+          for (int q = 0; q < kV; ++q) acc[u][q] += a * w[q];
+        }
+      }
+    }
+    if constexpr (kAct == kTanh) {  // the scalar tanh of store_outputs
+      for (int u = 0; u < kP; ++u) {
+        T o[kO];
+        for (int q = 0; q < kV; ++q) __builtin_memcpy(o + q * kLanes, &acc[u][q], sizeof(V));
+        store_outputs<T, kAct>(o, bias + o0, kO, yrow + (p + u) * cout + o0);
+      }
+    } else {
+      V b[kV];
+      for (int q = 0; q < kV; ++q) __builtin_memcpy(&b[q], bias + o0 + q * kLanes, sizeof(V));
+      for (int u = 0; u < kP; ++u)
+        for (int q = 0; q < kV; ++q) {
+          V o = acc[u][q] + b[q];
+          if constexpr (kAct == kRelu) o = o > V{} ? o : V{};
+          __builtin_memcpy(yrow + (p + u) * cout + o0 + q * kLanes, &o, sizeof(V));
+        }
+    }
+    return;
+  }
   constexpr int64_t kA = kO > 0 ? kO : 8;
   const int64_t n = kO > 0 ? kO : no;
   T acc[kP][kA];
@@ -459,25 +496,28 @@ LOWLIGHT_FAST_INLINE void direct_tile(const T* pad, int64_t prow, int64_t cin, c
 // Output channels [base, base + span) of one row: blocks of kO; for kO >= 8 the rest in blocks of 8 and
 // a last 1-7 channels whose count is fixed at compile time (a run-time count left the sums on the
 // stack). cout: the row's channel count (the stride of y and wt).
-template <typename T, int kP, int kO, int kAct>
+template <typename T, int kP, int kO, int kAct, int kLanes>
 LOWLIGHT_FAST_INLINE void direct_row_act(const T* pad, int64_t prow, int64_t cin, const T* wt, const T* bias,
                                          int64_t span, int64_t width, T* yrow, int64_t base, int64_t cout) {
   int64_t o0 = base;
   for (; o0 + kO <= base + span; o0 += kO) {
     int64_t p = 0;
-    for (; p + kP <= width; p += kP) direct_tile<T, kP, kO, kAct>(pad, prow, cin, wt, bias, cout, o0, kO, p, yrow);
-    for (; p < width; ++p) direct_tile<T, 1, kO, kAct>(pad, prow, cin, wt, bias, cout, o0, kO, p, yrow);
+    for (; p + kP <= width; p += kP)
+      direct_tile<T, kP, kO, kAct, kLanes>(pad, prow, cin, wt, bias, cout, o0, kO, p, yrow);
+    for (; p < width; ++p) direct_tile<T, 1, kO, kAct, kLanes>(pad, prow, cin, wt, bias, cout, o0, kO, p, yrow);
   }
   if constexpr (kO >= 8) {
     if constexpr (kO > 8) {
       const int64_t eights = (base + span - o0) / 8 * 8;
-      if (eights > 0) direct_row_act<T, kP, 8, kAct>(pad, prow, cin, wt, bias, eights, width, yrow, o0, cout);
+      if (eights > 0)
+        direct_row_act<T, kP, 8, kAct, kLanes == 16 ? 8 : kLanes>(pad, prow, cin, wt, bias, eights, width, yrow, o0,
+                                                                  cout);
       o0 += eights;
     }
     const int64_t rest = base + span - o0;
 #define LLF_REST(R) \
   case R:           \
-    return direct_row_act<T, kP, R, kAct>(pad, prow, cin, wt, bias, R, width, yrow, o0, cout);
+    return direct_row_act<T, kP, R, kAct, 0>(pad, prow, cin, wt, bias, R, width, yrow, o0, cout);
     switch (rest) {
       LLF_REST(1)
       LLF_REST(2)
@@ -494,7 +534,7 @@ LOWLIGHT_FAST_INLINE void direct_row_act(const T* pad, int64_t prow, int64_t cin
 }
 
 // Output row h of image n. pad: 3 x prow scratch values, prow = (width + 2) * cin.
-template <typename T, int kP, int kO>
+template <typename T, int kP, int kO, int kLanes>
 LOWLIGHT_FAST_INLINE void direct_row(const Geometry* g, const T* x, const T* wt, const T* bias, int64_t n, int64_t h,
                                      T* pad, T* y) {
   const int64_t width = g->width, cin = g->c1, cout = g->cout, prow = (width + 2) * cin;
@@ -510,17 +550,19 @@ LOWLIGHT_FAST_INLINE void direct_row(const Geometry* g, const T* x, const T* wt,
   }
   T* yrow = y + (n * g->height + h) * width * cout;
   if (g->activation == kTanh)
-    direct_row_act<T, kP, kO, kTanh>(pad, prow, cin, wt, bias, cout, width, yrow, 0, cout);
+    direct_row_act<T, kP, kO, kTanh, kLanes>(pad, prow, cin, wt, bias, cout, width, yrow, 0, cout);
   else if (g->activation == kRelu)
-    direct_row_act<T, kP, kO, kRelu>(pad, prow, cin, wt, bias, cout, width, yrow, 0, cout);
+    direct_row_act<T, kP, kO, kRelu, kLanes>(pad, prow, cin, wt, bias, cout, width, yrow, 0, cout);
   else
-    direct_row_act<T, kP, kO, kNone>(pad, prow, cin, wt, bias, cout, width, yrow, 0, cout);
+    direct_row_act<T, kP, kO, kNone, kLanes>(pad, prow, cin, wt, bias, cout, width, yrow, 0, cout);
 }
 
-#define LLF_DIRECT(T, P, O) direct_row<T, P, O>
-LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", direct32_f32, LLF_DIRECT(float, 6, 32))
-LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", direct16_f32, LLF_DIRECT(float, 6, 16))
-LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", direct8_f64, LLF_DIRECT(double, 6, 8))
+// (pixels, output channels per block, floats per vector register of the path that calls it)
+#define LLF_DIRECT(T, P, O, L) direct_row<T, P, O, L>
+LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", direct32_f32, LLF_DIRECT(float, 6, 32, 16))
+LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", direct16w_f32, LLF_DIRECT(float, 12, 16, 16))
+LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", direct16_f32, LLF_DIRECT(float, 6, 16, 8))
+LOWLIGHT_FAST_CPU_DISPATCH("conv3x3_nhwc", direct8_f64, LLF_DIRECT(double, 6, 8, 0))
 #undef LLF_DIRECT
 
 template <typename T>
@@ -532,7 +574,7 @@ void run_direct(const Geometry& g, const Tensor& x, const Tensor& weight, const 
   const T* wp = wt.data_ptr<T>();
   const T* bp = bias.data_ptr<T>();
   T* yp = y.data_ptr<T>();
-  const bool wide = g.cout >= 32 && cpu::chosen_path() == cpu::Path::kAvx512;
+  const bool avx512 = cpu::chosen_path() == cpu::Path::kAvx512, wide = g.cout >= 32 && avx512;
   at::parallel_for(0, batch * g.height, 1, [&](int64_t r0, int64_t r1) {
     std::vector<T> pad(3 * (g.width + 2) * g.c1);
     for (int64_t r = r0; r < r1; ++r) {
@@ -540,6 +582,8 @@ void run_direct(const Geometry& g, const Tensor& x, const Tensor& weight, const 
       if constexpr (std::is_same_v<T, float>) {
         if (wide)
           direct32_f32(&g, xp, wp, bp, n, h, pad.data(), yp);
+        else if (avx512)
+          direct16w_f32(&g, xp, wp, bp, n, h, pad.data(), yp);
         else
           direct16_f32(&g, xp, wp, bp, n, h, pad.data(), yp);
       } else {
