@@ -271,12 +271,11 @@ LOWLIGHT_FAST_INLINE void output_block(const Geometry* g, const T* m, const T* b
 // runs or tiles (tiled enhancement gives the whole image's pixels: tests/cli/test_tiling.py).
 // kW output channels per register block (16, 8, or the last few), R rows of tiles.
 // kLanes: floats per vector register of the dispatch copy (16, 8; 0: the array loops only); a float
-// block of one or two vectors per row sums in vector registers (block_sums, the same results; with
-// three, Zero-DCE's 24 output channels on AVX2, GCC keeps block_sums' sums in memory, and the array
-// loops are faster).
+// block of one to three vectors per row sums in vector registers (block_sums, the same results).
 template <typename T, int R, int kW, int kLanes = 0>
 LOWLIGHT_FAST_INLINE void gemm_tile(const T* v, const T* u, T* m, int64_t cin, int64_t cout, int64_t o0, int64_t no) {
-  if constexpr (std::is_same_v<T, float> && kHasFloatVectors && kLanes > 0 && (kW == kLanes || kW == 2 * kLanes)) {
+  if constexpr (std::is_same_v<T, float> && kHasFloatVectors && kLanes > 0 &&
+                (kW == kLanes || kW == 2 * kLanes || kW == 3 * kLanes)) {
     return block_sums<R, kW, kLanes, false>(v, cin, 1, u + o0, cout, cin, m + o0, cout);
   }
   const int64_t n = kW > 0 ? kW : no;

@@ -69,7 +69,7 @@ struct FloatVec<16> {
 };
 
 // out[r * out_row + j] (=, or += when kAdd) sum_{k < n} a[r * a_row + k * a_step] * b[k * b_step + j]
-// for r < R, j < kW (kW a multiple of kLanes): each sum over k in increasing order, one multiply-add
+// for r < R, j < kW (kW 1, 2 or 3 times kLanes): each sum over k in increasing order, one multiply-add
 // a step (as the array loops it replaces, whose results it equals).
 template <int R, int kW, int kLanes, bool kAdd>
 LOWLIGHT_FAST_INLINE void block_sums(const float* a, int64_t a_row, int64_t a_step, const float* b, int64_t b_step,
@@ -77,6 +77,36 @@ LOWLIGHT_FAST_INLINE void block_sums(const float* a, int64_t a_row, int64_t a_st
   using V = typename FloatVec<kLanes>::type;
   static_assert(kW % kLanes == 0, "block_sums: kW must be a multiple of kLanes");
   constexpr int kV = kW / kLanes;
+  if constexpr (kV == 3) {  // one array per vector column: with acc[R][3] GCC kept the sums in memory
+    V c0[R], c1[R], c2[R];
+    for (int r = 0; r < R; ++r) c0[r] = c1[r] = c2[r] = V{};
+    for (int64_t k = 0; k < n; ++k) {
+      V w0, w1, w2;
+      __builtin_memcpy(&w0, b + k * b_step, sizeof(V));
+      __builtin_memcpy(&w1, b + k * b_step + kLanes, sizeof(V));
+      __builtin_memcpy(&w2, b + k * b_step + 2 * kLanes, sizeof(V));
+      for (int r = 0; r < R; ++r) {
+        const float s = a[r * a_row + k * a_step];
+        c0[r] += s * w0;
+        c1[r] += s * w1;
+        c2[r] += s * w2;
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      V* cs[3] = {&c0[r], &c1[r], &c2[r]};
+      for (int q = 0; q < 3; ++q) {
+        float* d = out + r * out_row + q * kLanes;
+        V o = *cs[q];
+        if constexpr (kAdd) {
+          V prev;
+          __builtin_memcpy(&prev, d, sizeof(V));
+          o = prev + o;
+        }
+        __builtin_memcpy(d, &o, sizeof(V));
+      }
+    }
+    return;
+  }
   V acc[R][kV];
   for (int r = 0; r < R; ++r)
     for (int q = 0; q < kV; ++q) acc[r][q] = V{};
